@@ -1,7 +1,8 @@
 """Dataset files in, one index file out: the pipeline behind ``python -m mockgpt.index``.
 
-The main process parses, frames and writes; tokenizing, most of the work, runs in other processes
-with a bounded number of batches in flight, so memory stays flat whatever the dataset's size.
+The main process parses, frames and writes; tokenizing, most of the work, is shared between it and
+other processes, with a bounded number of batches in flight, so memory stays flat whatever the
+dataset's size.
 """
 
 from __future__ import annotations
@@ -9,10 +10,11 @@ from __future__ import annotations
 import os
 import time
 from collections import Counter, deque
+import multiprocessing
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from concurrent.futures import Future, ProcessPoolExecutor
 from datetime import datetime, timezone
-from multiprocessing import get_context
+from multiprocessing.pool import Pool
+from typing import Protocol
 
 import msgspec
 
@@ -123,24 +125,55 @@ def _prepare(items: Iterable[dataset.Conversation | dataset.Skip], stats: Stats)
 def _measure(
     prepared: Iterable[records.Prepared], jobs: int
 ) -> Iterator[tuple[records.Prepared, list[int | bytes]]]:
-    """Each prepared conversation with its token results, in order."""
+    """Each prepared conversation with its token results, in order.
+
+    Batches go to ``jobs`` tokenizer processes while they have work queued, else are tokenized here,
+    so both this process and the others stay busy. The tokenizer is loaded before the processes fork,
+    so they share its memory.
+    """
     if jobs == 0:
         for batch in _batches(prepared):
             yield from zip(batch, _measure_batch([item.texts for item in batch]))
         return
-    pending: deque[tuple[list[records.Prepared], Future[list[list[int | bytes]]]]] = deque()
-    with ProcessPoolExecutor(jobs, mp_context=get_context("spawn")) as pool:
-        try:
-            for batch in _batches(prepared):
-                pending.append((batch, pool.submit(_measure_batch, [item.texts for item in batch])))
-                if len(pending) > 2 * jobs:
-                    batch, future = pending.popleft()
-                    yield from zip(batch, future.result())
-            while pending:
-                batch, future = pending.popleft()
-                yield from zip(batch, future.result())
-        finally:
-            pool.shutdown(cancel_futures=True)
+    tokens.measure([])
+    pending: deque[tuple[list[records.Prepared], _Result]] = deque()
+    with _pool(jobs) as pool:
+        for batch in _batches(prepared):
+            texts = [item.texts for item in batch]
+            queued = sum(not result.ready() for _, result in pending)
+            if queued < 2 * jobs:
+                pending.append((batch, pool.apply_async(_measure_batch, (texts,))))
+            else:
+                pending.append((batch, _Ready(_measure_batch(texts))))
+            while pending and (pending[0][1].ready() or len(pending) > 8 * jobs):
+                batch, result = pending.popleft()
+                yield from zip(batch, result.get())
+        while pending:
+            batch, result = pending.popleft()
+            yield from zip(batch, result.get())
+
+
+class _Result(Protocol):
+    def ready(self) -> bool: ...
+    def get(self) -> list[list[int | bytes]]: ...
+
+
+class _Ready:
+    """A batch tokenized in this process, in the shape of a pool's result."""
+
+    def __init__(self, value: list[list[int | bytes]]) -> None:
+        self._value = value
+
+    def ready(self) -> bool:
+        return True
+
+    def get(self) -> list[list[int | bytes]]:
+        return self._value
+
+
+def _pool(jobs: int) -> Pool:
+    methods = multiprocessing.get_all_start_methods()
+    return multiprocessing.get_context("fork" if "fork" in methods else "spawn").Pool(jobs)
 
 
 def _measure_batch(batch: list[list[tuple[str, bool]]]) -> list[list[int | bytes]]:
