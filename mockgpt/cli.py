@@ -109,3 +109,34 @@ def _request_messages(body: bytes) -> list[canonical.Message]:
     if body.lstrip().startswith(b"["):
         return msgspec.json.decode(body, type=list[canonical.Message])
     return msgspec.json.decode(body, type=_Request).messages
+
+
+@main.command()
+@click.option("--index", "index_path", envvar="MOCKGPT_INDEX", help="Index file, or a dataset (.json/.jsonl) to index first.  [default: the bundled demo]")
+@click.option("--host", envvar="MOCKGPT_HOST", default="127.0.0.1", show_default=True, help="Address to bind.")
+@click.option("--port", envvar="MOCKGPT_PORT", default=8000, show_default=True, type=click.IntRange(0, 65535), help="Port to bind; 0 for any free port.")
+@click.option("--workers", envvar="MOCKGPT_WORKERS", default=1, show_default=True, type=click.IntRange(min=1), help="Worker processes, sharing the one mapped index.")
+@click.option("--api-key", envvar="MOCKGPT_API_KEY", help="Require this bearer token.  [default: none required]")
+@click.option("--max-body", envvar="MOCKGPT_MAX_BODY", default=32 << 20, show_default=True, type=click.IntRange(min=1), help="Largest request body in bytes.")
+@click.option("--deterministic", envvar="MOCKGPT_DETERMINISTIC", is_flag=True, help="Derive ids and created times from the request and the answer.")
+@click.option("--ignore-system", envvar="MOCKGPT_IGNORE_SYSTEM", is_flag=True, help="Leave system and developer messages out of the key.")
+@click.option("--log-level", envvar="MOCKGPT_LOG_LEVEL", default="warning", show_default=True, type=click.Choice(["critical", "error", "warning", "info", "debug"]), help="uvicorn's log level.")
+def serve(
+    index_path: str | None, host: str, port: int, workers: int, api_key: str | None, max_body: int,
+    deterministic: bool, ignore_system: bool, log_level: str,
+) -> None:
+    """Serve the OpenAI API from an index."""
+    from mockgpt.reader import Index
+    from mockgpt.server import serve as run
+
+    def ready(base_url: str, index: Index) -> None:
+        click.echo(f"mockgpt: serving {index.path} ({index.header.answers:,} answers) on {base_url}")
+        sys.stdout.flush()
+
+    try:
+        run(
+            index_path, host=host, port=port, workers=workers, api_key=api_key, max_body=max_body,
+            deterministic=deterministic, ignore_system=ignore_system, log_level=log_level, on_ready=ready,
+        )
+    except (MockGPTError, OSError) as error:
+        raise click.ClickException(str(error)) from None

@@ -2,7 +2,18 @@
 
 from __future__ import annotations
 
-__all__ = ["DatasetError", "IndexFormatError", "MockGPTError"]
+__all__ = [
+    "APIError",
+    "AuthenticationFailed",
+    "BadRequest",
+    "ConversationNotFound",
+    "DatasetError",
+    "IndexFormatError",
+    "MethodNotAllowed",
+    "MockGPTError",
+    "NotFound",
+    "PayloadTooLarge",
+]
 
 
 class MockGPTError(Exception):
@@ -19,3 +30,45 @@ class DatasetError(MockGPTError):
 
 class IndexFormatError(MockGPTError):
     """A file is not a mockgpt index this version can read: foreign, truncated or of another version."""
+
+
+class APIError(MockGPTError):
+    """An error a client gets back, in the OpenAI shape, with its HTTP status."""
+
+    status_code = 400
+    type = "invalid_request_error"
+    code: str | None = None
+
+    def __init__(self, message: str, *, param: str | None = None, code: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.param = param
+        if code is not None:
+            self.code = code
+
+
+class BadRequest(APIError):
+    """The body is not valid JSON or not a valid request."""
+
+
+class AuthenticationFailed(APIError):
+    status_code = 401
+    code = "invalid_api_key"
+
+
+class NotFound(APIError):
+    status_code = 404
+
+
+class ConversationNotFound(NotFound):
+    """No recorded conversation continues the request's messages."""
+
+    code = "conversation_not_found"
+
+
+class MethodNotAllowed(APIError):
+    status_code = 405
+
+
+class PayloadTooLarge(APIError):
+    status_code = 413

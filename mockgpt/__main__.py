@@ -1,0 +1,3 @@
+from mockgpt.cli import main
+
+main(prog_name="mockgpt")

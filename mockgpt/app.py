@@ -1,0 +1,432 @@
+"""The Litestar app that serves the OpenAI API from an index.
+
+``create_app`` is a factory: uvicorn workers call it with no arguments and it reads its settings from
+``MOCKGPT_*`` environment variables. Every route is served with and without the ``/v1`` prefix.
+
+A hit on ``POST /v1/chat/completions`` that is not streamed, the request a load test sends most,
+is answered by ``FastChat``, an ASGI layer in front of the Litestar app that decodes, looks up and
+renders with the same code the route handler uses; any other request, and any request that would be
+an error, goes to Litestar untouched.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, MutableMapping
+from pathlib import Path
+from typing import Any
+
+import msgspec
+from litestar import Litestar, Request, Response, Router, get, post
+from litestar.connection import ASGIConnection
+from litestar.exceptions import HTTPException, MethodNotAllowedException, NotFoundException, ValidationException
+from litestar.handlers import BaseRouteHandler
+from litestar.openapi import OpenAPIConfig, ResponseSpec
+from litestar.openapi.plugins import SwaggerRenderPlugin
+from litestar.response import Stream
+from litestar.static_files import create_static_files_router
+from xxhash import xxh3_128_hexdigest
+
+from mockgpt import render, replay
+from mockgpt.errors import APIError, AuthenticationFailed, BadRequest, MethodNotAllowed, NotFound, PayloadTooLarge
+from mockgpt.reader import Index
+from mockgpt.schema import (
+    ChatCompletion,
+    ChatCompletionRequest,
+    Completion,
+    CompletionRequest,
+    ErrorBody,
+    Health,
+    Model,
+    ModelList,
+)
+
+__all__ = ["FastChat", "Settings", "Service", "create_app"]
+
+logger = logging.getLogger("mockgpt")
+
+Scope = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
+Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+MODELS = ["gpt-4o", "gpt-4o-mini", "gpt-4.1", "gpt-4.1-mini", "gpt-4-turbo", "gpt-3.5-turbo", "o3-mini", "mockgpt"]
+_MODEL_CREATED = 1_700_000_000
+_JSON = "application/json"
+
+
+class Settings(msgspec.Struct, kw_only=True):
+    """What ``mockgpt serve`` passes to each worker, through ``MOCKGPT_*`` environment variables."""
+
+    index: str
+    api_key: str | None = None
+    max_body: int = 32 << 20
+    deterministic: bool = False
+    ignore_system: bool = False
+
+    @classmethod
+    def from_env(cls) -> Settings:
+        env = os.environ
+        index = env.get("MOCKGPT_INDEX")
+        if not index:
+            raise RuntimeError("MOCKGPT_INDEX is not set; start the server with `mockgpt serve`")
+        return cls(
+            index=index,
+            api_key=env.get("MOCKGPT_API_KEY") or None,
+            max_body=int(env.get("MOCKGPT_MAX_BODY", 32 << 20)),
+            deterministic=env.get("MOCKGPT_DETERMINISTIC", "") in ("1", "true"),
+            ignore_system=env.get("MOCKGPT_IGNORE_SYSTEM", "") in ("1", "true"),
+        )
+
+    def to_env(self) -> dict[str, str]:
+        return {
+            "MOCKGPT_INDEX": self.index,
+            "MOCKGPT_API_KEY": self.api_key or "",
+            "MOCKGPT_MAX_BODY": str(self.max_body),
+            "MOCKGPT_DETERMINISTIC": "1" if self.deterministic else "",
+            "MOCKGPT_IGNORE_SYSTEM": "1" if self.ignore_system else "",
+        }
+
+
+class Reply(msgspec.Struct):
+    """A rendered hit: a JSON body or SSE frames, and the headers that name the recorded turn."""
+
+    headers: dict[str, str]
+    body: bytes = b""
+    frames: Iterator[bytes] | None = None
+
+
+class Service:
+    """Answers decoded requests from the index: the part of the app that HTTP does not touch."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.index = Index(settings.index)
+        self.replayer = replay.Replayer(self.index, ignore_system=settings.ignore_system)
+
+    def chat(self, request: ChatCompletionRequest) -> Reply:
+        pairs = self.replayer.pairs(request.messages)
+        record = self.replayer.find(pairs)
+        max_tokens = request.max_completion_tokens or request.max_tokens
+        answers = self.replayer.choose(record, request.n or 1, request.seed)
+        cuts = [replay.cut(answer, max_tokens, request.stop) for answer in answers]
+        id, created, headers = self._identity("chatcmpl-", request, cuts)
+        if request.stream:
+            include_usage = bool(request.stream_options and request.stream_options.include_usage)
+            return Reply(headers, frames=render.chat_chunks(id, created, request.model, cuts, include_usage))
+        return Reply(headers, render.chat_completion(id, created, request.model, cuts))
+
+    def completion(self, request: CompletionRequest) -> Reply:
+        prompts = [request.prompt] if isinstance(request.prompt, str) else request.prompt
+        cuts = []
+        for prompt in prompts:
+            record = self.replayer.find([("user", prompt)])
+            answers = self.replayer.choose(record, request.n or 1, request.seed)
+            cuts += [replay.cut(answer, request.max_tokens, request.stop) for answer in answers]
+        id, created, headers = self._identity("cmpl-", request, cuts)
+        if request.stream:
+            include_usage = bool(request.stream_options and request.stream_options.include_usage)
+            return Reply(headers, frames=render.completion_chunks(id, created, request.model, cuts, include_usage))
+        return Reply(headers, render.completion(id, created, request.model, cuts))
+
+    def _identity(self, prefix: str, request: msgspec.Struct, cuts: list[replay.Cut]) -> tuple[str, int, dict[str, str]]:
+        """The response's id, created time and headers; derived from request and answers if deterministic."""
+        first = cuts[0].answer
+        if self.settings.deterministic:
+            seen = [(cut.answer.conversation_id, cut.answer.turn, cut.end) for cut in cuts]
+            digest = xxh3_128_hexdigest(msgspec.msgpack.encode((request, seen)))
+            id, created, request_id = digest[:29], _MODEL_CREATED + int(digest[:6], 16), digest
+        else:
+            id, created, request_id = secrets.token_hex(15)[:29], int(time.time()), secrets.token_hex(16)
+        headers = {
+            "x-mockgpt-conversation-id": first.conversation_id,
+            "x-mockgpt-turn": str(first.turn),
+            "x-request-id": f"req_{request_id}",
+        }
+        return prefix + id, created, headers
+
+
+class FastChat:
+    """Answers non-streamed chat completion hits itself; passes everything else to ``app``."""
+
+    paths = frozenset({"/v1/chat/completions", "/chat/completions"})
+
+    def __init__(self, app: ASGIApp, service: Service) -> None:
+        self.app = app
+        self.service = service
+        self._decode = msgspec.json.Decoder(ChatCompletionRequest).decode
+        api_key = service.settings.api_key
+        self._authorization = None if api_key is None else f"Bearer {api_key}".encode()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] != "POST" or scope["path"] not in self.paths:
+            await self.app(scope, receive, send)
+            return
+        length = -1
+        authorized = self._authorization is None
+        for name, value in scope["headers"]:
+            if name == b"content-length":
+                length = int(value) if value.isdigit() else -1
+            elif name == b"authorization":
+                authorized = authorized or value == self._authorization
+        if not authorized or length < 0 or length > self.service.settings.max_body:
+            await self.app(scope, receive, send)
+            return
+        body = await _read_body(receive)
+        reply = self._answer(body)
+        if reply is None:
+            await self.app(scope, _replay(body, receive), send)
+            return
+        headers = [(b"content-type", b"application/json"), (b"content-length", str(len(reply.body)).encode())]
+        headers += [(name.encode(), value.encode()) for name, value in reply.headers.items()]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await send({"type": "http.response.body", "body": reply.body})
+
+    def _answer(self, body: bytes) -> Reply | None:
+        try:
+            request = self._decode(body)
+            if request.stream:
+                return None
+            return self.service.chat(request)
+        except (msgspec.DecodeError, APIError):
+            return None
+
+
+async def _read_body(receive: Receive) -> bytes:
+    chunks = []
+    more = True
+    while more:
+        message = await receive()
+        chunks.append(message.get("body", b""))
+        more = message.get("more_body", False)
+    return b"".join(chunks)
+
+
+def _replay(body: bytes, receive: Receive) -> Receive:
+    sent = False
+
+    async def replayed() -> Any:
+        nonlocal sent
+        if sent:
+            return await receive()
+        sent = True
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    return replayed
+
+
+# Routes
+
+
+def _api_key_guard(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler) -> None:
+    service: Service = connection.app.state.service
+    key = service.settings.api_key
+    if key is None:
+        return
+    authorization = connection.headers.get("authorization", "")
+    if not authorization:
+        raise AuthenticationFailed(
+            "You didn't provide an API key. You need to provide your API key in an Authorization header"
+            " using Bearer auth (i.e. Authorization: Bearer YOUR_KEY).",
+            code="missing_api_key",
+        )
+    if authorization != f"Bearer {key}":
+        given = authorization.removeprefix("Bearer ")
+        shown = given[:3] + "*" * max(len(given) - 7, 0) + given[-4:] if len(given) > 7 else "*" * len(given)
+        raise AuthenticationFailed(f"Incorrect API key provided: {shown}.")
+
+
+def _reply(reply: Reply) -> Response[bytes] | Stream:
+    if reply.frames is None:
+        return Response(reply.body, media_type=_JSON, headers=reply.headers)
+    frames = reply.frames
+
+    async def stream() -> AsyncIterator[bytes]:
+        for frame in frames:
+            yield frame
+
+    return Stream(stream(), media_type="text/event-stream", headers={**reply.headers, "cache-control": "no-cache"})
+
+
+_ERRORS = {status: ResponseSpec(data_container=ErrorBody, description=description) for status, description in [
+    (400, "Malformed JSON or an invalid request"),
+    (401, "Missing or wrong API key, with --api-key"),
+    (404, "No recorded conversation continues these messages"),
+    (413, "Body over the size limit"),
+]}
+
+
+def _strict(request_type: type[msgspec.Struct]) -> Any:
+    """A before-request hook that decodes the body strictly, as the fast path and the real API do.
+
+    Litestar's own conversion of ``data`` would accept "2" for an integer; this runs first.
+    """
+    decode = msgspec.json.Decoder(request_type).decode
+
+    async def check(request: Request[Any, Any, Any]) -> None:
+        try:
+            decode(await request.body())
+        except msgspec.ValidationError as error:
+            raise _invalid(str(error)) from None
+        except msgspec.DecodeError:
+            raise BadRequest(_NOT_JSON) from None
+
+    return check
+
+
+_NOT_JSON = (
+    "We could not parse the JSON body of your request. (HINT: This likely means you aren't using your HTTP"
+    " library correctly. The OpenAI API expects a JSON payload, but what was sent was not valid JSON.)"
+)
+
+
+def _invalid(message: str) -> BadRequest:
+    """A ``BadRequest`` from a msgspec validation message, its JSON path as the param."""
+    message, _, path = message.partition(" - at `$")
+    param = path.rstrip("`").lstrip(".") or None
+    if message.startswith("Object missing required field `"):
+        param = message.split("`")[1] if param is None else f"{param}.{message.split('`')[1]}"
+        return BadRequest(f"Missing required parameter: '{param}'.", param=param, code="missing_required_parameter")
+    return BadRequest(f"Invalid value for '{param}': {message}." if param else f"Invalid request: {message}.", param=param)
+
+
+@post(
+    ["/chat/completions"],
+    before_request=_strict(ChatCompletionRequest),
+    summary="Create a chat completion",
+    description="The recorded answer to these messages; `stream: true` sends it as server-sent events, one token a chunk.",
+    responses={200: ResponseSpec(data_container=ChatCompletion, description="The recorded answer"), **_ERRORS},
+    status_code=200,
+)
+async def chat_completions(data: ChatCompletionRequest, request: Request[Any, Any, Any]) -> Response[bytes] | Stream:
+    return _reply(request.app.state.service.chat(data))
+
+
+@post(
+    ["/completions"],
+    before_request=_strict(CompletionRequest),
+    summary="Create a completion (legacy)",
+    description="The prompt is looked up as one user message. Without `max_tokens` the whole recorded answer is returned.",
+    responses={200: ResponseSpec(data_container=Completion, description="The recorded answer"), **_ERRORS},
+    status_code=200,
+)
+async def completions(data: CompletionRequest, request: Request[Any, Any, Any]) -> Response[bytes] | Stream:
+    return _reply(request.app.state.service.completion(data))
+
+
+@get("/models", summary="List models")
+async def list_models() -> ModelList:
+    return ModelList(data=[_model(name) for name in MODELS])
+
+
+@get("/models/{model_id:str}", summary="Retrieve a model", description="Every model id is served: answers do not depend on it.")
+async def retrieve_model(model_id: str) -> Model:
+    return _model(model_id)
+
+
+def _model(name: str) -> Model:
+    return Model(id=name, created=_MODEL_CREATED, owned_by="mockgpt")
+
+
+@get("/health", summary="The index being served")
+async def health(request: Request[Any, Any, Any]) -> Health:
+    index: Index = request.app.state.service.index
+    header = index.header
+    return Health(
+        status="ok",
+        index=index.path,
+        format_version=header.format_version,
+        conversations=header.conversations,
+        answers=header.answers,
+        keys=header.keys,
+        sources=index.meta.sources,
+        built_at=index.meta.built_at,
+    )
+
+
+# Errors: every one leaves in the OpenAI shape, from here.
+
+
+def _error_response(status: int, body: bytes) -> Response[bytes]:
+    return Response(body, status_code=status, media_type=_JSON)
+
+
+def _api_error(request: Request[Any, Any, Any], error: APIError) -> Response[bytes]:
+    return _error_response(error.status_code, render.error(error))
+
+
+def _http_error(request: Request[Any, Any, Any], error: HTTPException) -> Response[bytes]:
+    where = f"({request.method} {request.url.path})"
+    if isinstance(error, NotFoundException):
+        return _api_error(request, NotFound(f"Invalid URL {where}"))
+    if isinstance(error, MethodNotAllowedException):
+        return _api_error(request, MethodNotAllowed(f"Invalid method for URL {where}"))
+    if error.status_code == 413:
+        limit = request.app.state.service.settings.max_body
+        return _api_error(request, PayloadTooLarge(f"Request body too large: the limit is {limit} bytes.", code="request_too_large"))
+    if isinstance(error, ValidationException) or error.status_code == 400:
+        return _api_error(request, _bad_request(error))
+    return _error_response(error.status_code, render.error_body(str(error.detail), "invalid_request_error"))
+
+
+def _bad_request(error: HTTPException) -> BadRequest:
+    extra = error.extra if isinstance(error.extra, list) else []
+    details = [item for item in extra if isinstance(item, dict) and item.get("message")]
+    if not details:
+        return BadRequest(_NOT_JSON)
+    key = details[0].get("key")
+    param = key if isinstance(key, str) and key else None
+    return BadRequest(f"Invalid value for '{param}': {details[0]['message']}.", param=param)
+
+
+def _server_error(request: Request[Any, Any, Any], error: Exception) -> Response[bytes]:
+    logger.exception("unexpected error answering %s %s", request.method, request.url.path)
+    return _error_response(500, render.error_body("The server had an error processing your request.", "server_error"))
+
+
+def _swagger() -> SwaggerRenderPlugin:
+    return SwaggerRenderPlugin(
+        js_url="/static/swagger-ui/swagger-ui-bundle.js",
+        css_url="/static/swagger-ui/swagger-ui.css",
+        standalone_preset_js_url="/static/swagger-ui/swagger-ui-standalone-preset.js",
+        path="/",
+        favicon="<link rel='icon' type='image/png' href='/static/swagger-ui/favicon-32x32.png'>",
+    )
+
+
+def create_app(settings: Settings | None = None) -> ASGIApp:
+    """The ASGI app serving ``settings.index`` (settings from the environment if not given)."""
+    from swagger_ui_bundle import swagger_ui_path
+
+    settings = settings or Settings.from_env()
+    service = Service(settings)
+    api = [chat_completions, completions, list_models, retrieve_model]
+    app = Litestar(
+        route_handlers=[
+            Router("/v1", route_handlers=api, guards=[_api_key_guard]),
+            Router("/", route_handlers=api, guards=[_api_key_guard]),
+            health,
+            create_static_files_router("/static/swagger-ui", directories=[Path(swagger_ui_path)], include_in_schema=False),
+        ],
+        state=_state(service),
+        exception_handlers={APIError: _api_error, HTTPException: _http_error, Exception: _server_error},
+        request_max_body_size=settings.max_body,
+        openapi_config=OpenAPIConfig(
+            title="mockgpt",
+            version="1",
+            description="The OpenAI API, answered from recorded conversations.",
+            path="/docs",
+            render_plugins=[_swagger()],
+        ),
+        debug=False,
+    )
+    return FastChat(app, service)  # type: ignore[arg-type]
+
+
+def _state(service: Service) -> Any:
+    from litestar.datastructures import State
+
+    return State({"service": service})

@@ -1,0 +1,131 @@
+"""From a request's messages to the recorded answers it gets: find, choose, cut, and stream.
+
+Nothing here knows HTTP; the app decodes requests into ``schema`` structs and renders what this returns.
+"""
+
+from __future__ import annotations
+
+import codecs
+from bisect import bisect_left
+from collections.abc import Iterator, Sequence
+from itertools import accumulate
+from typing import NamedTuple
+
+from mockgpt import canonical
+from mockgpt.errors import BadRequest, ConversationNotFound
+from mockgpt.reader import Index
+from mockgpt.records import Answer, Record
+
+__all__ = ["Cut", "Replayer", "cut", "pieces"]
+
+# The roles the API accepts; the dataset's other names for them are not part of the API.
+_API_ROLES = ("system", "assistant", "user", "function", "tool", "developer")
+_ROLE_NAMES = "'system', 'assistant', 'user', 'function', 'tool', and 'developer'"
+
+
+class Cut(NamedTuple):
+    """An answer as served: cut by ``max_tokens`` or a stop sequence, or whole."""
+
+    answer: Answer
+    text: str
+    completion_tokens: int
+    finish_reason: str
+    # How many bytes of the answer's UTF-8 the cut keeps.
+    end: int
+
+
+class Replayer:
+    """Looks requests up in an index; ``ignore_system`` leaves system messages out of the key."""
+
+    def __init__(self, index: Index, *, ignore_system: bool = False) -> None:
+        self.index = index
+        self.ignore_system = ignore_system
+
+    def pairs(self, messages: Sequence[canonical.Message]) -> list[tuple[str, str]]:
+        """(canonical role, text) of request messages; a ``BadRequest`` for an unknown role."""
+        pairs = []
+        for number, message in enumerate(messages):
+            if message.role not in _API_ROLES:
+                raise BadRequest(
+                    f"Invalid value: '{message.role}'. Supported values are: {_ROLE_NAMES}.",
+                    param=f"messages[{number}].role",
+                )
+            role = canonical.ROLES[message.role]
+            if not (self.ignore_system and role == "system"):
+                pairs.append((role, canonical.text_of(message.content)))
+        return pairs
+
+    def find(self, pairs: list[tuple[str, str]]) -> Record:
+        """The record of ``pairs``; ``ConversationNotFound`` saying how far they match if none."""
+        record = self.index.find(canonical.frame(pairs))
+        if record is None:
+            raise self._not_found(pairs)
+        return record
+
+    def choose(self, record: Record, n: int, seed: int | None) -> list[Answer]:
+        """``n`` answers: from the ``seed``-th (mod their number) or the first, cycling in dataset order."""
+        offsets = record.answers
+        first = 0 if seed is None else seed % len(offsets)
+        return [self.index.answer(offsets[(first + i) % len(offsets)]) for i in range(n)]
+
+    def _not_found(self, pairs: list[tuple[str, str]]) -> ConversationNotFound:
+        matched = self._recorded_prefix(pairs)
+        if matched:
+            detail = f"messages[0:{matched}] match a recorded conversation; messages[{matched}] is the first that differs."
+        else:
+            detail = "messages[0] already differs from every recorded conversation."
+        return ConversationNotFound(
+            f"No recorded conversation continues these {len(pairs)} messages: {detail}", param="messages"
+        )
+
+    def _recorded_prefix(self, pairs: list[tuple[str, str]]) -> int:
+        """How many of the first messages are recorded, at assistant-turn granularity."""
+        matched = 0
+        for number, (role, text) in enumerate(pairs):
+            if role != "assistant" or number == 0:
+                continue
+            record = self.index.find(canonical.frame(pairs[:number]))
+            if record is None:
+                break
+            matched = number
+            wanted = canonical.normalize(text)
+            if all(canonical.normalize(self.index.answer(offset).text) != wanted for offset in record.answers):
+                break
+            matched = number + 1
+        return matched
+
+
+def cut(answer: Answer, max_tokens: int | None, stop: str | Sequence[str] | None) -> Cut:
+    """``answer`` after at most ``max_tokens`` of its tokens, and before the first ``stop`` sequence."""
+    if max_tokens is None and not stop:
+        return Cut(answer, answer.text, answer.completion_tokens, "stop", len(answer.text.encode()))
+    data = answer.text.encode()
+    ends = list(accumulate(length + 1 for length in answer.token_lengths))
+    end, tokens, reason = len(data), answer.completion_tokens, "stop"
+    if max_tokens is not None and max_tokens < tokens:
+        end, tokens, reason = ends[max_tokens - 1], max_tokens, "length"
+    text = data[:end].decode(errors="ignore")
+    stops = [stop] if isinstance(stop, str) else stop or []
+    found = [(text.find(s), s) for s in stops if s and s in text]
+    if found:
+        position, sequence = min(found)
+        end = len(text[:position].encode())
+        # The tokens generated up to and including the stop sequence.
+        tokens = min(tokens, bisect_left(ends, end + len(sequence.encode())) + 1)
+        text, reason = text[:position], "stop"
+    return Cut(answer, text, tokens, reason, end)
+
+
+def pieces(cut: Cut) -> Iterator[str]:
+    """The cut answer one recorded token at a time; a token ending inside a character joins the next."""
+    data = cut.answer.text.encode()
+    decoder = codecs.getincrementaldecoder("utf-8")(errors="ignore")
+    start = 0
+    for length in cut.answer.token_lengths:
+        stop = min(start + length + 1, cut.end)
+        text = decoder.decode(data[start:stop])
+        if text:
+            yield text
+        start = stop
+        if start >= cut.end:
+            return

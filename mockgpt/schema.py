@@ -1,0 +1,198 @@
+"""The OpenAI wire format: the request fields mockgpt reads, and the responses it sends.
+
+Requests are view structs: they declare only what mockgpt uses, and every other field a client
+sends is accepted and ignored, as the real API accepts fields it does not act on.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+import msgspec
+from msgspec import Meta, Struct
+
+from mockgpt.canonical import Message
+
+__all__ = [
+    "ChatChoice",
+    "ChatCompletion",
+    "ChatCompletionChunk",
+    "ChatCompletionRequest",
+    "ChunkChoice",
+    "Completion",
+    "CompletionChoice",
+    "CompletionRequest",
+    "Delta",
+    "ErrorBody",
+    "ErrorDetail",
+    "Health",
+    "Model",
+    "ModelList",
+    "ResponseMessage",
+    "StreamOptions",
+    "Usage",
+]
+
+Positive = Annotated[int, Meta(ge=1)]
+Stop = str | Annotated[list[str], Meta(max_length=4)] | None
+
+
+class StreamOptions(Struct):
+    include_usage: bool = False
+
+
+class ChatCompletionRequest(Struct):
+    """``POST /v1/chat/completions``, the fields mockgpt reads."""
+
+    model: str
+    messages: Annotated[list[Message], Meta(min_length=1)]
+    stream: bool | None = False
+    stream_options: StreamOptions | None = None
+    n: Annotated[int, Meta(ge=1, le=128)] | None = 1
+    seed: int | None = None
+    max_tokens: Positive | None = None
+    max_completion_tokens: Positive | None = None
+    stop: Stop = None
+
+
+class CompletionRequest(Struct):
+    """``POST /v1/completions`` (legacy), the fields mockgpt reads; the prompt is one user message."""
+
+    model: str
+    prompt: str | Annotated[list[str], Meta(min_length=1)]
+    stream: bool | None = False
+    stream_options: StreamOptions | None = None
+    n: Annotated[int, Meta(ge=1, le=128)] | None = 1
+    seed: int | None = None
+    max_tokens: Positive | None = None
+    stop: Stop = None
+
+
+class PromptTokensDetails(Struct):
+    cached_tokens: int = 0
+    audio_tokens: int = 0
+
+
+class CompletionTokensDetails(Struct):
+    reasoning_tokens: int = 0
+    audio_tokens: int = 0
+    accepted_prediction_tokens: int = 0
+    rejected_prediction_tokens: int = 0
+
+
+class Usage(Struct):
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+    prompt_tokens_details: PromptTokensDetails = msgspec.field(default_factory=PromptTokensDetails)
+    completion_tokens_details: CompletionTokensDetails = msgspec.field(default_factory=CompletionTokensDetails)
+
+
+FinishReason = Literal["stop", "length"]
+
+
+class ResponseMessage(Struct):
+    content: str
+    role: Literal["assistant"] = "assistant"
+    refusal: None = None
+    annotations: list[dict[str, object]] = []
+
+
+class ChatChoice(Struct):
+    index: int
+    message: ResponseMessage
+    finish_reason: FinishReason
+    logprobs: None = None
+
+
+class ChatCompletion(Struct, kw_only=True):
+    id: str
+    object: Literal["chat.completion"] = "chat.completion"
+    created: int
+    model: str
+    choices: list[ChatChoice]
+    usage: Usage
+    service_tier: str = "default"
+    system_fingerprint: str | None = None
+
+
+class Delta(Struct, omit_defaults=True):
+    role: Literal["assistant"] | None = None
+    content: str | None = None
+    refusal: None = None
+
+
+class ChunkChoice(Struct):
+    index: int
+    delta: Delta
+    finish_reason: FinishReason | None = None
+    logprobs: None = None
+
+
+class ChatCompletionChunk(Struct, kw_only=True):
+    id: str
+    object: Literal["chat.completion.chunk"] = "chat.completion.chunk"
+    created: int
+    model: str
+    choices: list[ChunkChoice]
+    service_tier: str = "default"
+    system_fingerprint: str | None = None
+
+
+class ChatCompletionChunkWithUsage(ChatCompletionChunk):
+    """A chunk of a stream that asked for usage: ``null`` on every chunk but the last."""
+
+    usage: Usage | None = None
+
+
+class CompletionChoice(Struct):
+    text: str
+    index: int
+    finish_reason: FinishReason | None
+    logprobs: None = None
+
+
+class Completion(Struct, kw_only=True):
+    id: str
+    object: Literal["text_completion"] = "text_completion"
+    created: int
+    model: str
+    choices: list[CompletionChoice]
+    usage: Usage | None = None
+    system_fingerprint: str | None = None
+
+
+class Model(Struct, kw_only=True):
+    id: str
+    object: Literal["model"] = "model"
+    created: int
+    owned_by: str
+
+
+class ModelList(Struct, kw_only=True):
+    object: Literal["list"] = "list"
+    data: list[Model]
+
+
+class ErrorDetail(Struct):
+    message: str
+    type: str
+    param: str | None
+    code: str | None
+
+
+class ErrorBody(Struct):
+    """Every error mockgpt sends, in the OpenAI shape."""
+
+    error: ErrorDetail
+
+
+class Health(Struct):
+    status: str
+    index: str
+    format_version: int
+    conversations: int
+    answers: int
+    keys: int
+    sources: list[str]
+    built_at: str

@@ -1,0 +1,112 @@
+"""Running the app: which index to serve, binding the socket, uvicorn and its workers."""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import Callable
+from importlib import resources
+from pathlib import Path
+
+import uvicorn
+from uvicorn.supervisors import Multiprocess
+from xxhash import xxh3_64_hexdigest
+
+from mockgpt.app import Settings
+from mockgpt.errors import IndexFormatError
+from mockgpt.reader import Index
+
+__all__ = ["demo_index", "resolve_index", "serve"]
+
+DATASET_SUFFIXES = (".json", ".jsonl")
+
+
+def resolve_index(index: str | os.PathLike[str] | None) -> Path:
+    """The index file to serve: ``index``, else ``$MOCKGPT_INDEX``, else the bundled demo.
+
+    A dataset (``.json``/``.jsonl``) is indexed first into ``.mgpt`` beside it, and again whenever it changes.
+    """
+    index = index or os.environ.get("MOCKGPT_INDEX") or None
+    if index is None:
+        return demo_index()
+    path = Path(index)
+    if path.suffix in DATASET_SUFFIXES:
+        return cached_index(path, path.with_suffix(".mgpt"))
+    return path
+
+
+def demo_index() -> Path:
+    """The bundled demo conversations, indexed once into the user's cache directory."""
+    source = resources.files("mockgpt") / "demo" / "conversations.json"
+    with resources.as_file(source) as path:
+        version = xxh3_64_hexdigest(path.read_bytes())
+        return cached_index(path, _cache_directory() / f"demo-{version}.mgpt")
+
+
+def cached_index(source: Path, target: Path) -> Path:
+    """``target``, built from ``source`` unless it is newer than ``source`` and readable."""
+    if target.exists() and target.stat().st_mtime >= source.stat().st_mtime:
+        try:
+            Index(target).close()
+            return target
+        except IndexFormatError:
+            pass
+    from mockgpt.indexer import build
+
+    target.parent.mkdir(parents=True, exist_ok=True)
+    build([source], target)
+    return target
+
+
+def _cache_directory() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "mockgpt"
+
+
+def serve(
+    index: str | os.PathLike[str] | None = None,
+    *,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    workers: int = 1,
+    api_key: str | None = None,
+    max_body: int = 32 << 20,
+    deterministic: bool = False,
+    ignore_system: bool = False,
+    log_level: str = "warning",
+    on_ready: Callable[[str, Index], None] | None = None,
+) -> None:
+    """Serve the OpenAI API from ``index`` until interrupted; port 0 binds any free port.
+
+    ``on_ready`` gets the base URL (``http://HOST:PORT/v1``) and the open index once the socket is bound.
+    """
+    path = resolve_index(index)
+    settings = Settings(
+        index=str(path.resolve()), api_key=api_key, max_body=max_body, deterministic=deterministic, ignore_system=ignore_system
+    )
+    # Workers build their app from the environment (uvicorn needs an import string for several workers).
+    os.environ.update(settings.to_env())
+    sock = _bind(host, port)
+    port = sock.getsockname()[1]
+    with Index(path) as opened:
+        if on_ready is not None:
+            on_ready(f"http://{host if ':' not in host else f'[{host}]'}:{port}/v1", opened)
+    config = uvicorn.Config(
+        "mockgpt.app:create_app", factory=True, host=host, port=port, workers=workers, log_level=log_level, access_log=False
+    )
+    server = uvicorn.Server(config)
+    if workers > 1:
+        Multiprocess(config, sockets=[sock]).run()
+    else:
+        server.run(sockets=[sock])
+
+
+def _bind(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    # Listening now, before uvicorn starts, lets clients connect as soon as the address is printed.
+    sock.listen(2048)
+    sock.set_inheritable(True)
+    return sock

@@ -1,0 +1,242 @@
+"""A real server on a free port, driven by the official openai client."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import openai
+import pytest
+from bpe_openai import get_encoding
+
+from mockgpt.indexer import build
+from mockgpt.testing import MockServer
+
+from .conftest import sharegpt, write_sharegpt
+
+HELLOS = ["Hi! How can I help?", "Hello there. What's on your mind?", "Hey! 👋 Ask me anything."]
+CODE = "Here you go:\n\n```python\ndef add(a, b):\n    return a + b\n```\n\nCall `add(2, 3)` to get 5. Ça marche très bien — 日本語も大丈夫です。"
+CONVERSATIONS = [
+    *(sharegpt(f"hello-{n}", ("human", "Hello!"), ("gpt", text)) for n, text in enumerate(HELLOS)),
+    sharegpt("code", ("human", "Write an add function in Python."), ("gpt", CODE), ("human", "Thanks!"), ("gpt", "You're welcome.")),
+    sharegpt("sys", ("system", "Be terse."), ("human", "2+2?"), ("gpt", "4.")),
+]
+
+
+@pytest.fixture(scope="module")
+def index(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    directory = tmp_path_factory.mktemp("server")
+    build([write_sharegpt(directory / "chats.json", CONVERSATIONS)], directory / "chats.mgpt")
+    return directory / "chats.mgpt"
+
+
+@pytest.fixture(scope="module")
+def server(index: Path) -> Iterator[MockServer]:
+    with MockServer(index) as server:
+        yield server
+
+
+@pytest.fixture
+def client(server: MockServer) -> openai.OpenAI:
+    return openai.OpenAI(base_url=server.base_url, api_key="test", max_retries=0)
+
+
+def user(text: str) -> list[dict[str, str]]:
+    return [{"role": "user", "content": text}]
+
+
+ENCODING = get_encoding("o200k_base")
+CODE_TURN = user("Write an add function in Python.")
+
+
+def test_create(client: openai.OpenAI) -> None:
+    completion = client.chat.completions.create(model="gpt-4o", messages=CODE_TURN)  # type: ignore[arg-type]
+    assert completion.object == "chat.completion"
+    assert completion.id.startswith("chatcmpl-")
+    assert completion.model == "gpt-4o"
+    (choice,) = completion.choices
+    assert (choice.index, choice.finish_reason, choice.message.role) == (0, "stop", "assistant")
+    assert choice.message.content == CODE
+    assert choice.message.refusal is None
+    assert completion.usage is not None
+    assert completion.usage.total_tokens == completion.usage.prompt_tokens + completion.usage.completion_tokens
+    assert completion.usage.prompt_tokens == 3 + 1 + 7 + 3
+
+
+def test_async_create(server: MockServer) -> None:
+    async def ask() -> str | None:
+        async with openai.AsyncOpenAI(base_url=server.base_url, api_key="test", max_retries=0) as client:
+            completion = await client.chat.completions.create(model="gpt-4o-mini", messages=user("Hello!"))  # type: ignore[arg-type]
+            return completion.choices[0].message.content
+
+    assert asyncio.run(ask()) == HELLOS[0]
+
+
+def test_stream_with_usage(client: openai.OpenAI) -> None:
+    whole = client.chat.completions.create(model="gpt-4o", messages=CODE_TURN)  # type: ignore[arg-type]
+    chunks = list(
+        client.chat.completions.create(
+            model="gpt-4o", messages=CODE_TURN, stream=True, stream_options={"include_usage": True}  # type: ignore[arg-type]
+        )
+    )
+    assert len({chunk.id for chunk in chunks}) == 1 and len({chunk.created for chunk in chunks}) == 1
+    assert all(chunk.object == "chat.completion.chunk" for chunk in chunks)
+    first, *middle, finish, last = chunks
+    assert first.choices[0].delta.role == "assistant"
+    contents = [chunk.choices[0].delta.content for chunk in middle]
+    assert "".join(c or "" for c in contents) == CODE
+    assert whole.usage is not None and last.usage is not None
+    # One recorded token a chunk, except where a token ends inside a character.
+    assert len(contents) <= whole.usage.completion_tokens <= len(contents) + len(CODE.encode()) - len(CODE)
+    assert finish.choices[0].finish_reason == "stop" and finish.usage is None
+    assert last.choices == [] and last.usage.model_dump() == whole.usage.model_dump()
+
+
+def test_stream_without_usage(client: openai.OpenAI) -> None:
+    chunks = list(client.chat.completions.create(model="gpt-4o", messages=user("Hello!"), stream=True))  # type: ignore[arg-type]
+    assert chunks[-1].choices[0].finish_reason == "stop"
+    assert "".join(c.choices[0].delta.content or "" for c in chunks) == HELLOS[0]
+
+
+def test_n_cycles_through_answers(client: openai.OpenAI) -> None:
+    completion = client.chat.completions.create(model="gpt-4o", messages=user("Hello!"), n=4)  # type: ignore[arg-type]
+    assert [c.message.content for c in completion.choices] == [*HELLOS, HELLOS[0]]
+    assert [c.index for c in completion.choices] == [0, 1, 2, 3]
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2, 3, 7])
+def test_seed_picks_an_answer(client: openai.OpenAI, seed: int) -> None:
+    completion = client.chat.completions.create(model="gpt-4o", messages=user("Hello!"), seed=seed)  # type: ignore[arg-type]
+    assert completion.choices[0].message.content == HELLOS[seed % 3]
+
+
+@pytest.mark.parametrize("field", ["max_tokens", "max_completion_tokens"])
+def test_max_tokens_cuts_exactly(client: openai.OpenAI, field: str) -> None:
+    whole = client.chat.completions.create(model="gpt-4o", messages=CODE_TURN)  # type: ignore[arg-type]
+    cut = client.chat.completions.create(model="gpt-4o", messages=CODE_TURN, **{field: 5})  # type: ignore[call-overload]
+    assert cut.choices[0].finish_reason == "length"
+    assert cut.usage.completion_tokens == 5
+    assert cut.usage.prompt_tokens == whole.usage.prompt_tokens  # type: ignore[union-attr]
+    tokens = [ENCODING.decode([token]) for token in ENCODING.encode_ordinary(CODE)[:5]]
+    assert cut.choices[0].message.content == "".join(tokens)
+    streamed = client.chat.completions.create(model="gpt-4o", messages=CODE_TURN, stream=True, **{field: 5})  # type: ignore[call-overload]
+    chunks = [chunk.choices[0] for chunk in streamed]
+    assert [c.delta.content for c in chunks[1:-1]] == tokens
+    assert chunks[-1].finish_reason == "length"
+
+
+def test_stop(client: openai.OpenAI) -> None:
+    completion = client.chat.completions.create(model="gpt-4o", messages=CODE_TURN, stop=["def", "```"])  # type: ignore[arg-type]
+    assert completion.choices[0].message.content == "Here you go:\n\n"
+    assert completion.choices[0].finish_reason == "stop"
+    assert completion.usage is not None and 0 < completion.usage.completion_tokens < 10
+    streamed = client.chat.completions.create(model="gpt-4o", messages=CODE_TURN, stop="def", stream=True)  # type: ignore[arg-type]
+    assert "".join(chunk.choices[0].delta.content or "" for chunk in streamed) == CODE[: CODE.index("def")]
+
+
+def test_models(client: openai.OpenAI) -> None:
+    models = client.models.list()
+    assert "gpt-4o" in [model.id for model in models.data]
+    assert client.models.retrieve("gpt-4o-mini").id == "gpt-4o-mini"
+
+
+def test_legacy_completions(client: openai.OpenAI) -> None:
+    completion = client.completions.create(model="gpt-3.5-turbo-instruct", prompt="Hello!", seed=1)
+    assert completion.object == "text_completion"
+    assert completion.choices[0].text == HELLOS[1]
+    assert completion.choices[0].finish_reason == "stop"
+    cut = client.completions.create(model="gpt-3.5-turbo-instruct", prompt="Write an add function in Python.", max_tokens=3)
+    assert cut.choices[0].text == ENCODING.decode(ENCODING.encode_ordinary(CODE)[:3])
+    assert cut.choices[0].finish_reason == "length" and cut.usage is not None and cut.usage.completion_tokens == 3
+    streamed = client.completions.create(model="gpt-3.5-turbo-instruct", prompt="Hello!", stream=True)
+    assert "".join(chunk.choices[0].text for chunk in streamed if chunk.choices) == HELLOS[0]
+
+
+def test_raw_response_headers(client: openai.OpenAI) -> None:
+    raw = client.chat.completions.with_raw_response.create(
+        model="gpt-4o", messages=[*CODE_TURN, {"role": "assistant", "content": CODE}, *user("Thanks!")]  # type: ignore[list-item]
+    )
+    assert raw.headers["x-mockgpt-conversation-id"] == "code"
+    assert raw.headers["x-mockgpt-turn"] == "3"
+    assert raw.headers["x-request-id"].startswith("req_")
+    assert raw.parse().choices[0].message.content == "You're welcome."
+
+
+def test_miss_says_how_far_the_request_matched(client: openai.OpenAI) -> None:
+    with pytest.raises(openai.NotFoundError) as caught:
+        client.chat.completions.create(
+            model="gpt-4o", messages=[*CODE_TURN, {"role": "assistant", "content": CODE}, *user("Thanks a lot!")]  # type: ignore[list-item]
+        )
+    error = caught.value.body
+    assert isinstance(error, dict)
+    assert error["code"] == "conversation_not_found" and error["param"] == "messages"
+    assert error["type"] == "invalid_request_error"
+    assert "messages[0:2] match a recorded conversation; messages[2] is the first that differs" in error["message"]
+
+
+def test_bad_request(client: openai.OpenAI) -> None:
+    with pytest.raises(openai.BadRequestError) as caught:
+        client.chat.completions.create(model="gpt-4o", messages=[{"role": "wizard", "content": "hi"}])  # type: ignore[misc, list-item]
+    assert caught.value.body["param"] == "messages[0].role"  # type: ignore[index]
+    with pytest.raises(openai.BadRequestError):
+        client.chat.completions.create(model="gpt-4o", messages=user("Hello!"), n=0)  # type: ignore[arg-type]
+
+
+def test_system_message_counts(client: openai.OpenAI) -> None:
+    messages = [{"role": "developer", "content": "Be terse."}, *user("2+2?")]
+    assert client.chat.completions.create(model="gpt-4o", messages=messages).choices[0].message.content == "4."  # type: ignore[arg-type]
+    with pytest.raises(openai.NotFoundError):
+        client.chat.completions.create(model="gpt-4o", messages=user("2+2?"))  # type: ignore[arg-type]
+
+
+def test_ignore_system(index: Path) -> None:
+    with MockServer(index, ignore_system=True) as server:
+        client = openai.OpenAI(base_url=server.base_url, api_key="test", max_retries=0)
+        messages = [{"role": "system", "content": "You are a helpful assistant."}, *user("Hello!")]
+        assert client.chat.completions.create(model="gpt-4o", messages=messages).choices[0].message.content == HELLOS[0]  # type: ignore[arg-type]
+
+
+def test_api_key(index: Path) -> None:
+    with MockServer(index, api_key="sk-right-key-1234") as server:
+        right = openai.OpenAI(base_url=server.base_url, api_key="sk-right-key-1234", max_retries=0)
+        assert right.chat.completions.create(model="gpt-4o", messages=user("Hello!")).choices  # type: ignore[arg-type]
+        wrong = openai.OpenAI(base_url=server.base_url, api_key="sk-wrong-key-5678", max_retries=0)
+        with pytest.raises(openai.AuthenticationError) as caught:
+            wrong.chat.completions.create(model="gpt-4o", messages=user("Hello!"))  # type: ignore[arg-type]
+        assert caught.value.body["code"] == "invalid_api_key"  # type: ignore[index]
+        assert "5678" in caught.value.body["message"] and "wrong" not in caught.value.body["message"]  # type: ignore[index]
+        with pytest.raises(openai.AuthenticationError):
+            wrong.models.list()
+        assert httpx.get(f"{server.url}/health").status_code == 200
+
+
+def test_deterministic_runs_are_byte_identical(index: Path) -> None:
+    bodies = []
+    for _ in range(2):
+        with MockServer(index, deterministic=True) as server:
+            for request in [{"messages": CODE_TURN}, {"messages": user("Hello!"), "n": 2, "stream": True}]:
+                response = httpx.post(f"{server.base_url}/chat/completions", json={"model": "gpt-4o", **request})
+                bodies.append((response.content, response.headers["x-request-id"]))
+    assert bodies[:2] == bodies[2:]
+    assert bodies[0] != bodies[1]
+
+
+def test_workers_share_the_index(index: Path) -> None:
+    with MockServer(index, workers=2) as server:
+        client = openai.OpenAI(base_url=server.base_url, api_key="test", max_retries=0)
+        for seed in range(6):
+            content = client.chat.completions.create(model="gpt-4o", messages=user("Hello!"), seed=seed).choices[0].message.content  # type: ignore[arg-type]
+            assert content == HELLOS[seed % 3]
+
+
+def test_routes_without_v1(server: MockServer) -> None:
+    response = httpx.post(f"{server.url}/chat/completions", json={"model": "m", "messages": user("Hello!")})
+    assert response.json()["choices"][0]["message"]["content"] == HELLOS[0]
+    assert httpx.get(f"{server.url}/models").json()["object"] == "list"
+
+
+def test_health(server: MockServer, index: Path) -> None:
+    health = httpx.get(f"{server.url}/health").json()
+    assert health["index"] == str(index) and health["answers"] == 6 and health["format_version"] == 1
