@@ -186,12 +186,13 @@ class FastChat:
         await send({"type": "http.response.body", "body": reply.body})
 
     def _answer(self, body: bytes) -> Reply | None:
+        """The reply to a non-streamed hit; None for anything else, which Litestar then answers."""
         try:
             request = self._decode(body)
             if request.stream:
                 return None
             return self.service.chat(request)
-        except (msgspec.DecodeError, APIError):
+        except Exception:
             return None
 
 
@@ -271,8 +272,10 @@ def _strict(request_type: type[msgspec.Struct]) -> Any:
             decode(await request.body())
         except msgspec.ValidationError as error:
             raise _invalid(str(error)) from None
-        except msgspec.DecodeError:
+        except (msgspec.DecodeError, UnicodeDecodeError):
             raise BadRequest(_NOT_JSON) from None
+        except RecursionError:
+            raise BadRequest("The JSON body of your request is nested too deeply.") from None
 
     return check
 

@@ -34,6 +34,7 @@ __all__ = [
 ]
 
 Positive = Annotated[int, Meta(ge=1)]
+Seed = Annotated[int, Meta(ge=-(2**63), le=2**63 - 1)]
 Stop = str | Annotated[list[str], Meta(max_length=4)] | None
 
 
@@ -49,7 +50,7 @@ class ChatCompletionRequest(Struct):
     stream: bool | None = False
     stream_options: StreamOptions | None = None
     n: Annotated[int, Meta(ge=1, le=128)] | None = 1
-    seed: int | None = None
+    seed: Seed | None = None
     max_tokens: Positive | None = None
     max_completion_tokens: Positive | None = None
     stop: Stop = None
@@ -63,7 +64,7 @@ class CompletionRequest(Struct):
     stream: bool | None = False
     stream_options: StreamOptions | None = None
     n: Annotated[int, Meta(ge=1, le=128)] | None = 1
-    seed: int | None = None
+    seed: Seed | None = None
     max_tokens: Positive | None = None
     stop: Stop = None
 
@@ -95,7 +96,7 @@ class ResponseMessage(Struct):
     content: str
     role: Literal["assistant"] = "assistant"
     refusal: None = None
-    annotations: list[dict[str, object]] = []
+    annotations: list[dict[str, str]] = []
 
 
 class ChatChoice(Struct):
