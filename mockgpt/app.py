@@ -11,10 +11,11 @@ an error, goes to Litestar untouched.
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
-import secrets
 import time
+from urllib.parse import quote
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, MutableMapping
 from pathlib import Path
 from typing import Any
@@ -32,6 +33,7 @@ from xxhash import xxh3_128_hexdigest
 
 from mockgpt import render, replay
 from mockgpt.errors import APIError, AuthenticationFailed, BadRequest, MethodNotAllowed, NotFound, PayloadTooLarge
+from mockgpt.canonical import Message
 from mockgpt.reader import Index
 from mockgpt.schema import (
     ChatCompletion,
@@ -108,8 +110,7 @@ class Service:
         self.replayer = replay.Replayer(self.index, ignore_system=settings.ignore_system)
 
     def chat(self, request: ChatCompletionRequest) -> Reply:
-        pairs = self.replayer.pairs(request.messages)
-        record = self.replayer.find(pairs)
+        record = self.replayer.find(request.messages)
         max_tokens = request.max_completion_tokens or request.max_tokens
         answers = self.replayer.choose(record, request.n or 1, request.seed)
         cuts = [replay.cut(answer, max_tokens, request.stop) for answer in answers]
@@ -123,7 +124,7 @@ class Service:
         prompts = [request.prompt] if isinstance(request.prompt, str) else request.prompt
         cuts = []
         for prompt in prompts:
-            record = self.replayer.find([("user", prompt)])
+            record = self.replayer.find([Message("user", prompt)])
             answers = self.replayer.choose(record, request.n or 1, request.seed)
             cuts += [replay.cut(answer, request.max_tokens, request.stop) for answer in answers]
         id, created, headers = self._identity("cmpl-", request, cuts)
@@ -140,13 +141,19 @@ class Service:
             digest = xxh3_128_hexdigest(msgspec.msgpack.encode((request, seen)))
             id, created, request_id = digest[:29], _MODEL_CREATED + int(digest[:6], 16), digest
         else:
-            id, created, request_id = secrets.token_hex(15)[:29], int(time.time()), secrets.token_hex(16)
+            request_id = os.urandom(16).hex()
+            id, created = request_id[:29], int(time.time())
         headers = {
-            "x-mockgpt-conversation-id": first.conversation_id,
+            "x-mockgpt-conversation-id": _header_value(first.conversation_id),
             "x-mockgpt-turn": str(first.turn),
             "x-request-id": f"req_{request_id}",
         }
         return prefix + id, created, headers
+
+
+def _header_value(text: str) -> str:
+    """``text`` as is if it can be a header value, else percent-encoded."""
+    return text if text.isascii() and text.isprintable() else quote(text, safe="")
 
 
 class FastChat:
@@ -197,12 +204,14 @@ class FastChat:
 
 
 async def _read_body(receive: Receive) -> bytes:
-    chunks = []
-    more = True
-    while more:
+    message = await receive()
+    body: bytes = message.get("body", b"")
+    if not message.get("more_body", False):
+        return body
+    chunks = [body]
+    while message.get("more_body", False):
         message = await receive()
         chunks.append(message.get("body", b""))
-        more = message.get("more_body", False)
     return b"".join(chunks)
 
 
@@ -426,6 +435,8 @@ def create_app(settings: Settings | None = None) -> ASGIApp:
         ),
         debug=False,
     )
+    # Everything built so far lives as long as the process: keep the collector from walking it again and again.
+    gc.freeze()
     return FastChat(app, service)  # type: ignore[arg-type]
 
 

@@ -10,15 +10,15 @@ A message counts only by its role and its text:
 - text: a string, or the concatenated ``text`` of a list of content parts' text parts; ``None`` is "".
   Unicode NFC, CRLF -> LF, outer whitespace stripped. Names, tool calls and every other field are ignored.
 
-Each message is framed as one role byte, the UTF-8 length of its text as a little-endian u32, and the
-text, so no two different message lists frame to the same bytes, and the framing of a conversation's
-first k messages is a prefix of the framing of the whole conversation. The key is the xxh3_128 digest
-of the framed bytes. ``VERSION`` changes whenever any of this does; the index header records it.
+Each message is framed as one role letter (u, a, s, t), the length of its text in code points in
+decimal, a colon, and the text; the framed messages are encoded as UTF-8 (lone surrogates passed
+through). No two different message lists frame to the same bytes, and the framing of a
+conversation's first k messages is a prefix of the framing of the whole conversation. The key is
+the xxh3_128 digest of the framed bytes. ``VERSION`` changes whenever any of this does; the index header records it.
 """
 
 from __future__ import annotations
 
-import struct
 import unicodedata
 from collections.abc import Iterable, Mapping, Sequence
 
@@ -33,11 +33,12 @@ __all__ = [
     "digest",
     "frame",
     "frame_message",
+    "frame_request",
     "normalize",
     "text_of",
 ]
 
-VERSION = 1
+VERSION = 2
 
 ROLES: Mapping[str, str] = {
     "human": "user",
@@ -54,8 +55,7 @@ ROLES: Mapping[str, str] = {
     "function": "tool",
 }
 
-_ROLE_BYTE = {"user": b"u", "assistant": b"a", "system": b"s", "tool": b"t"}
-_LENGTH = struct.Struct("<I")
+_ROLE_CHAR = {"user": "u", "assistant": "a", "system": "s", "tool": "t"}
 
 
 class TextPart(msgspec.Struct, gc=False):
@@ -93,13 +93,41 @@ def normalize(text: str) -> str:
 
 def frame_message(role: str, text: str) -> bytes:
     """The framing of one message; ``role`` is canonical, ``text`` already normalized."""
-    data = text.encode("utf-8", "surrogatepass")
-    return _ROLE_BYTE[role] + _LENGTH.pack(len(data)) + data
+    return f"{_ROLE_CHAR[role]}{len(text)}:{text}".encode("utf-8", "surrogatepass")
 
 
 def frame(messages: Iterable[tuple[str, str]]) -> bytes:
     """The framing of (canonical role, raw text) pairs."""
-    return b"".join(frame_message(role, normalize(text)) for role, text in messages)
+    parts = []
+    for role, text in messages:
+        text = normalize(text)
+        parts.append(f"{_ROLE_CHAR[role]}{len(text)}:")
+        parts.append(text)
+    return "".join(parts).encode("utf-8", "surrogatepass")
+
+
+def frame_request(messages: Iterable[Message], roles: Mapping[str, str] = ROLES, skip: str | None = None) -> bytes:
+    """The framing of request messages, their roles named as in ``roles``, leaving out role ``skip``.
+
+    The same as ``frame`` of their (role, text) pairs, in one pass: this is the server's hot path.
+    Raises ``KeyError`` for a role ``roles`` does not name.
+    """
+    parts = []
+    for message in messages:
+        role = roles[message.role]
+        if role == skip:
+            continue
+        content = message.content
+        text = content if isinstance(content, str) else text_of(content)
+        # normalize(), inlined: a call per message is a measurable share of a request.
+        if not text.isascii():
+            text = unicodedata.normalize("NFC", text)
+        if "\r" in text:
+            text = text.replace("\r\n", "\n")
+        text = text.strip()
+        parts.append(f"{_ROLE_CHAR[role]}{len(text)}:")
+        parts.append(text)
+    return "".join(parts).encode("utf-8", "surrogatepass")
 
 
 def digest(framed: bytes | memoryview) -> bytes:

@@ -19,8 +19,13 @@ from mockgpt.records import Answer, Record
 __all__ = ["Cut", "Replayer", "cut", "pieces"]
 
 # The roles the API accepts; the dataset's other names for them are not part of the API.
-_API_ROLES = ("system", "assistant", "user", "function", "tool", "developer")
+_API_ROLES = {name: canonical.ROLES[name] for name in ("system", "assistant", "user", "function", "tool", "developer")}
 _ROLE_NAMES = "'system', 'assistant', 'user', 'function', 'tool', and 'developer'"
+
+
+def _bad_role(messages: Sequence[canonical.Message]) -> BadRequest:
+    number, message = next((n, m) for n, m in enumerate(messages) if m.role not in _API_ROLES)
+    return BadRequest(f"Invalid value: '{message.role}'. Supported values are: {_ROLE_NAMES}.", param=f"messages[{number}].role")
 
 
 class Cut(NamedTuple):
@@ -30,8 +35,8 @@ class Cut(NamedTuple):
     text: str
     completion_tokens: int
     finish_reason: str
-    # How many bytes of the answer's UTF-8 the cut keeps.
-    end: int
+    # How many bytes of the answer's UTF-8 the cut keeps; None for all of them.
+    end: int | None
 
 
 class Replayer:
@@ -39,27 +44,19 @@ class Replayer:
 
     def __init__(self, index: Index, *, ignore_system: bool = False) -> None:
         self.index = index
-        self.ignore_system = ignore_system
+        self._skip = "system" if ignore_system else None
 
-    def pairs(self, messages: Sequence[canonical.Message]) -> list[tuple[str, str]]:
-        """(canonical role, text) of request messages; a ``BadRequest`` for an unknown role."""
-        pairs = []
-        for number, message in enumerate(messages):
-            if message.role not in _API_ROLES:
-                raise BadRequest(
-                    f"Invalid value: '{message.role}'. Supported values are: {_ROLE_NAMES}.",
-                    param=f"messages[{number}].role",
-                )
-            role = canonical.ROLES[message.role]
-            if not (self.ignore_system and role == "system"):
-                pairs.append((role, canonical.text_of(message.content)))
-        return pairs
-
-    def find(self, pairs: list[tuple[str, str]]) -> Record:
-        """The record of ``pairs``; ``ConversationNotFound`` saying how far they match if none."""
-        record = self.index.find(canonical.frame(pairs))
+    def find(self, messages: Sequence[canonical.Message]) -> Record:
+        """The record of request messages; ``BadRequest`` for an unknown role, ``ConversationNotFound``
+        saying how far they match if there is no record."""
+        try:
+            framed = canonical.frame_request(messages, _API_ROLES, self._skip)
+        except KeyError:
+            raise _bad_role(messages) from None
+        record = self.index.find(framed)
         if record is None:
-            raise self._not_found(pairs)
+            pairs = [(_API_ROLES[m.role], canonical.text_of(m.content)) for m in messages]
+            raise self._not_found([pair for pair in pairs if pair[0] != self._skip])
         return record
 
     def choose(self, record: Record, n: int, seed: int | None) -> list[Answer]:
@@ -98,7 +95,7 @@ class Replayer:
 def cut(answer: Answer, max_tokens: int | None, stop: str | Sequence[str] | None) -> Cut:
     """``answer`` after at most ``max_tokens`` of its tokens, and before the first ``stop`` sequence."""
     if max_tokens is None and not stop:
-        return Cut(answer, answer.text, answer.completion_tokens, "stop", len(answer.text.encode()))
+        return Cut(answer, answer.text, answer.completion_tokens, "stop", None)
     data = answer.text.encode()
     ends = list(accumulate(length + 1 for length in answer.token_lengths))
     end, tokens, reason = len(data), answer.completion_tokens, "stop"
@@ -119,13 +116,14 @@ def cut(answer: Answer, max_tokens: int | None, stop: str | Sequence[str] | None
 def pieces(cut: Cut) -> Iterator[str]:
     """The cut answer one recorded token at a time; a token ending inside a character joins the next."""
     data = cut.answer.text.encode()
+    end = len(data) if cut.end is None else cut.end
     decoder = codecs.getincrementaldecoder("utf-8")(errors="ignore")
     start = 0
     for length in cut.answer.token_lengths:
-        stop = min(start + length + 1, cut.end)
+        stop = min(start + length + 1, end)
         text = decoder.decode(data[start:stop])
         if text:
             yield text
         start = stop
-        if start >= cut.end:
+        if start >= end:
             return
