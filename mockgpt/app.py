@@ -15,6 +15,7 @@ import gc
 import logging
 import os
 import time
+from random import getrandbits
 from urllib.parse import quote
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, MutableMapping
 from pathlib import Path
@@ -58,6 +59,7 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 MODELS = ["gpt-4o", "gpt-4o-mini", "gpt-4.1", "gpt-4.1-mini", "gpt-4-turbo", "gpt-3.5-turbo", "o3-mini", "mockgpt"]
 _MODEL_CREATED = 1_700_000_000
 _JSON = "application/json"
+_JSON_TYPE = (b"content-type", b"application/json")
 
 
 class Settings(msgspec.Struct, kw_only=True):
@@ -93,10 +95,11 @@ class Settings(msgspec.Struct, kw_only=True):
         }
 
 
-class Reply(msgspec.Struct):
+class Reply(msgspec.Struct, gc=False):
     """A rendered hit: a JSON body or SSE frames, and the headers that name the recorded turn."""
 
-    headers: dict[str, str]
+    # As ASGI sends them: lowercase names and values, in bytes.
+    headers: list[tuple[bytes, bytes]]
     body: bytes = b""
     frames: Iterator[bytes] | None = None
 
@@ -133,7 +136,9 @@ class Service:
             return Reply(headers, frames=render.completion_chunks(id, created, request.model, cuts, include_usage))
         return Reply(headers, render.completion(id, created, request.model, cuts))
 
-    def _identity(self, prefix: str, request: msgspec.Struct, cuts: list[replay.Cut]) -> tuple[str, int, dict[str, str]]:
+    def _identity(
+        self, prefix: str, request: msgspec.Struct, cuts: list[replay.Cut]
+    ) -> tuple[str, int, list[tuple[bytes, bytes]]]:
         """The response's id, created time and headers; derived from request and answers if deterministic."""
         first = cuts[0].answer
         if self.settings.deterministic:
@@ -141,19 +146,20 @@ class Service:
             digest = xxh3_128_hexdigest(msgspec.msgpack.encode((request, seen)))
             id, created, request_id = digest[:29], _MODEL_CREATED + int(digest[:6], 16), digest
         else:
-            request_id = os.urandom(16).hex()
+            # Random enough to tell responses apart, and no system call per request.
+            request_id = f"{getrandbits(128):032x}"
             id, created = request_id[:29], int(time.time())
-        headers = {
-            "x-mockgpt-conversation-id": _header_value(first.conversation_id),
-            "x-mockgpt-turn": str(first.turn),
-            "x-request-id": f"req_{request_id}",
-        }
+        headers = [
+            (b"x-mockgpt-conversation-id", _header_value(first.conversation_id)),
+            (b"x-mockgpt-turn", str(first.turn).encode()),
+            (b"x-request-id", f"req_{request_id}".encode()),
+        ]
         return prefix + id, created, headers
 
 
-def _header_value(text: str) -> str:
+def _header_value(text: str) -> bytes:
     """``text`` as is if it can be a header value, else percent-encoded."""
-    return text if text.isascii() and text.isprintable() else quote(text, safe="")
+    return (text if text.isascii() and text.isprintable() else quote(text, safe="")).encode()
 
 
 class FastChat:
@@ -167,6 +173,7 @@ class FastChat:
         self._decode = msgspec.json.Decoder(ChatCompletionRequest).decode
         api_key = service.settings.api_key
         self._authorization = None if api_key is None else f"Bearer {api_key}".encode()
+        self._max_body = service.settings.max_body
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["method"] != "POST" or scope["path"] not in self.paths:
@@ -179,16 +186,18 @@ class FastChat:
                 length = int(value) if value.isdigit() else -1
             elif name == b"authorization":
                 authorized = authorized or value == self._authorization
-        if not authorized or length < 0 or length > self.service.settings.max_body:
+        if not authorized or length < 0 or length > self._max_body:
             await self.app(scope, receive, send)
             return
-        body = await _read_body(receive)
+        message = await receive()
+        body = message.get("body", b"")
+        if message.get("more_body", False):
+            body = await _read_rest(body, receive)
         reply = self._answer(body)
         if reply is None:
             await self.app(scope, _replay(body, receive), send)
             return
-        headers = [(b"content-type", b"application/json"), (b"content-length", str(len(reply.body)).encode())]
-        headers += [(name.encode(), value.encode()) for name, value in reply.headers.items()]
+        headers = [_JSON_TYPE, (b"content-length", str(len(reply.body)).encode()), *reply.headers]
         await send({"type": "http.response.start", "status": 200, "headers": headers})
         await send({"type": "http.response.body", "body": reply.body})
 
@@ -203,15 +212,13 @@ class FastChat:
             return None
 
 
-async def _read_body(receive: Receive) -> bytes:
-    message = await receive()
-    body: bytes = message.get("body", b"")
-    if not message.get("more_body", False):
-        return body
-    chunks = [body]
-    while message.get("more_body", False):
+async def _read_rest(first: bytes, receive: Receive) -> bytes:
+    chunks = [first]
+    more = True
+    while more:
         message = await receive()
         chunks.append(message.get("body", b""))
+        more = message.get("more_body", False)
     return b"".join(chunks)
 
 
@@ -250,15 +257,16 @@ def _api_key_guard(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteH
 
 
 def _reply(reply: Reply) -> Response[bytes] | Stream:
+    headers = {name.decode(): value.decode() for name, value in reply.headers}
     if reply.frames is None:
-        return Response(reply.body, media_type=_JSON, headers=reply.headers)
+        return Response(reply.body, media_type=_JSON, headers=headers)
     frames = reply.frames
 
     async def stream() -> AsyncIterator[bytes]:
         for frame in frames:
             yield frame
 
-    return Stream(stream(), media_type="text/event-stream", headers={**reply.headers, "cache-control": "no-cache"})
+    return Stream(stream(), media_type="text/event-stream", headers={**headers, "cache-control": "no-cache"})
 
 
 _ERRORS = {status: ResponseSpec(data_container=ErrorBody, description=description) for status, description in [

@@ -44,7 +44,7 @@ import msgspec
 __all__ = ["FORMAT_VERSION", "HEADER", "LENGTH", "MAGIC", "SLOT", "Header", "Meta"]
 
 MAGIC = b"MOCKGPT\0"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 HEADER = struct.Struct("<8sIIQQQQQQQQQ")
 SLOT = struct.Struct("<16sQ")
 LENGTH = struct.Struct("<I")

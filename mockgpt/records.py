@@ -20,14 +20,19 @@ __all__ = ["Answer", "Prepared", "Record", "encode_answers", "prepare"]
 class Answer(msgspec.Struct, array_like=True, frozen=True, gc=False):
     """One recorded assistant turn."""
 
-    text: str
     conversation_id: str
     # The turn's position in its conversation's list of messages.
     turn: int
     prompt_tokens: int
     completion_tokens: int
+    # The answer as a JSON string, quotes included: what a response splices in as it is.
+    content: bytes
     # One byte per token: its UTF-8 length minus one (see tokens.py).
     token_lengths: bytes
+
+    @property
+    def text(self) -> str:
+        return _decode_text(self.content)
 
     def pieces(self) -> list[bytes]:
         """The answer's UTF-8 bytes cut at its token boundaries: ``completion_tokens`` pieces."""
@@ -82,6 +87,8 @@ def prepare(id: str, messages: Sequence[tuple[str, str]]) -> Prepared | None:
 
 
 _encoder = msgspec.msgpack.Encoder()
+_encode_text = msgspec.json.Encoder().encode
+_decode_text = msgspec.json.Decoder(str).decode
 
 
 def encode_answers(prepared: Prepared, measured: Sequence[int | bytes]) -> list[bytes]:
@@ -92,7 +99,7 @@ def encode_answers(prepared: Prepared, measured: Sequence[int | bytes]) -> list[
         lengths = measured[turn]
         assert isinstance(lengths, bytes)
         answer = Answer(
-            text=prepared.texts[turn][0],
+            content=_encode_text(prepared.texts[turn][0]),
             conversation_id=prepared.id,
             turn=turn,
             prompt_tokens=tokens.prompt_tokens(counts[:turn]),

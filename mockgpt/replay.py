@@ -11,6 +11,8 @@ from collections.abc import Iterator, Sequence
 from itertools import accumulate
 from typing import NamedTuple
 
+import msgspec
+
 from mockgpt import canonical
 from mockgpt.errors import BadRequest, ConversationNotFound
 from mockgpt.reader import Index
@@ -20,6 +22,7 @@ __all__ = ["Cut", "Replayer", "cut", "pieces"]
 
 # The roles the API accepts; the dataset's other names for them are not part of the API.
 _API_ROLES = {name: canonical.ROLES[name] for name in ("system", "assistant", "user", "function", "tool", "developer")}
+_encode_text = msgspec.json.Encoder().encode
 _ROLE_NAMES = "'system', 'assistant', 'user', 'function', 'tool', and 'developer'"
 
 
@@ -32,7 +35,8 @@ class Cut(NamedTuple):
     """An answer as served: cut by ``max_tokens`` or a stop sequence, or whole."""
 
     answer: Answer
-    text: str
+    # The text served, as a JSON string.
+    content: bytes
     completion_tokens: int
     finish_reason: str
     # How many bytes of the answer's UTF-8 the cut keeps; None for all of them.
@@ -95,7 +99,7 @@ class Replayer:
 def cut(answer: Answer, max_tokens: int | None, stop: str | Sequence[str] | None) -> Cut:
     """``answer`` after at most ``max_tokens`` of its tokens, and before the first ``stop`` sequence."""
     if max_tokens is None and not stop:
-        return Cut(answer, answer.text, answer.completion_tokens, "stop", None)
+        return Cut(answer, answer.content, answer.completion_tokens, "stop", None)
     data = answer.text.encode()
     ends = list(accumulate(length + 1 for length in answer.token_lengths))
     end, tokens, reason = len(data), answer.completion_tokens, "stop"
@@ -110,7 +114,7 @@ def cut(answer: Answer, max_tokens: int | None, stop: str | Sequence[str] | None
         # The tokens generated up to and including the stop sequence.
         tokens = min(tokens, bisect_left(ends, end + len(sequence.encode())) + 1)
         text, reason = text[:position], "stop"
-    return Cut(answer, text, tokens, reason, end)
+    return Cut(answer, _encode_text(text), tokens, reason, end)
 
 
 def pieces(cut: Cut) -> Iterator[str]:

