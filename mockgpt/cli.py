@@ -140,3 +140,22 @@ def serve(
         )
     except (MockGPTError, OSError) as error:
         raise click.ClickException(str(error)) from None
+
+
+@main.command("export-requests")
+@click.argument("sources", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False))
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="Request set to write (JSONL).")
+@click.option("-n", "count", type=click.IntRange(min=1), help="Draw this many requests (with --walk: conversations) at random.  [default: all, in dataset order]")
+@click.option("--seed", default=0, show_default=True, help="Seed of the random draw.")
+@click.option("--format", "format", type=click.Choice(["openai", "vllm"]), default="openai", show_default=True, help="openai: chat completion bodies; vllm: vLLM's custom benchmark dataset (one-message prompts).")
+@click.option("--walk", is_flag=True, help="Each conversation's turns in order, every request carrying the recorded answers before it.")
+@click.option("--model", default="gpt-4o", show_default=True, help="The model named in each request.")
+def export_requests(sources: tuple[str, ...], output: str, count: int | None, seed: int, format: str, walk: bool, model: str) -> None:
+    """Write requests that hit an index built from SOURCE..., for load tools."""
+    from mockgpt.export import export
+
+    try:
+        written = export(sources, output, n=count, seed=seed, format=format, walk=walk, model=model)
+    except MockGPTError as error:
+        raise click.ClickException(str(error)) from None
+    click.echo(f"{output}: {written:,} requests")

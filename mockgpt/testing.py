@@ -2,6 +2,8 @@
 
     with MockServer(index="data/chats.json", deterministic=True) as server:
         client = openai.OpenAI(base_url=server.base_url, api_key="test")
+
+``index_conversations`` turns conversations written inline into an index to serve.
 """
 
 from __future__ import annotations
@@ -12,12 +14,17 @@ import re
 import subprocess
 import sys
 import threading
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
 from types import TracebackType
-from typing import IO
+from typing import IO, Any
 
+import msgspec
+
+from mockgpt import canonical
 from mockgpt.errors import MockGPTError
 
-__all__ = ["MockServer", "ServerError"]
+__all__ = ["MockServer", "ServerError", "index_conversations"]
 
 _READY = re.compile(r"^mockgpt: serving .* on (http://\S+)$")
 
@@ -39,6 +46,11 @@ class MockServer:
         self.base_url = ""
         self._process: subprocess.Popen[str] | None = None
         self._output: list[str] = []
+
+    @property
+    def pid(self) -> int | None:
+        """The server process's id while it runs."""
+        return None if self._process is None else self._process.pid
 
     @property
     def url(self) -> str:
@@ -114,3 +126,33 @@ def _pump(stream: IO[str], lines: queue.Queue[str | None], output: list[str]) ->
         output.append(line)
         lines.put(line)
     lines.put(None)
+
+
+Conversation = Mapping[str, Any] | Sequence[Mapping[str, Any]]
+
+
+def index_conversations(conversations: Iterable[Conversation], path: str | os.PathLike[str]) -> Path:
+    """Index conversations given inline into ``path``.
+
+    Each is a ShareGPT dict (``{"id", "conversations": [{"from", "value"}]}``) or a list of OpenAI
+    messages (``[{"role", "content"}, ...]``, ids ``inline-1``, ``inline-2``, ...).
+    """
+    from mockgpt.indexer import build
+
+    path = Path(path)
+    source = path.with_suffix(".jsonl")
+    with open(source, "wb") as file:
+        for number, conversation in enumerate(conversations, 1):
+            file.write(msgspec.json.encode(_sharegpt(conversation, number)) + b"\n")
+    build([source], path, format="sharegpt-jsonl")
+    return path
+
+
+def _sharegpt(conversation: Conversation, number: int) -> Mapping[str, Any]:
+    if isinstance(conversation, Mapping):
+        return conversation
+    turns = [
+        {"from": message["role"], "value": canonical.text_of(msgspec.convert(message, canonical.Message).content)}
+        for message in conversation
+    ]
+    return {"id": f"inline-{number}", "conversations": turns}

@@ -43,12 +43,12 @@ class Tokenizer:
     """``o200k_base`` through bpe-openai's Rust backend, which embeds its vocabulary (no download)."""
 
     def __init__(self) -> None:
-        from bpe_openai import _bindings, registry
-
-        self._backend: _Backend = _bindings.tokenizer_for_encoding(ENCODING)
         with warnings.catch_warnings():
-            # bpe-openai reads its vocabulary with a deprecated importlib.resources call.
+            # bpe-openai reads its vocabularies with a deprecated importlib.resources call.
             warnings.simplefilter("ignore", DeprecationWarning)
+            from bpe_openai import _bindings, registry
+
+            self._backend: _Backend = _bindings.tokenizer_for_encoding(ENCODING)
             ranks: dict[bytes, int] = registry.o200k_base()["mergeable_ranks"]
         # Indexed by token id; special tokens never come out of an ordinary encode.
         self._length_byte = bytearray(max(ranks.values()) + 1)

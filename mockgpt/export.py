@@ -1,0 +1,126 @@
+"""Request sets that hit: every assistant turn of a dataset, as the request that gets it back.
+
+Used by ``mockgpt export-requests``, the locustfile and tools/replay.py. A request built here from a
+dataset hits any index built from that dataset.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+from collections.abc import Iterable, Iterator, Sequence
+from typing import NamedTuple
+
+import msgspec
+
+from mockgpt import dataset
+from mockgpt.errors import DatasetError
+
+__all__ = ["FORMATS", "Turn", "export", "sample", "turns"]
+
+FORMATS = ("openai", "vllm")
+
+
+class Turn(NamedTuple):
+    """An assistant turn: the messages before it (API roles), and what was answered."""
+
+    conversation_id: str
+    turn: int
+    messages: list[dict[str, str]]
+    answer: str
+
+
+def turns(sources: Sequence[str | os.PathLike[str]], *, partial: bool = True) -> Iterator[list[Turn]]:
+    """Each conversation's assistant turns with a message before them, in order, one list per conversation.
+
+    With ``partial``, a source cut off mid-way yields what came before the break.
+    """
+    for source in sources:
+        try:
+            for item in dataset.read(source):
+                if isinstance(item, dataset.Conversation):
+                    yield list(_turns(item))
+        except DatasetError:
+            if not partial:
+                raise
+
+
+def _turns(conversation: dataset.Conversation) -> Iterator[Turn]:
+    messages = [{"role": role, "content": text} for role, text in conversation.messages]
+    for number, message in enumerate(messages):
+        if message["role"] == "assistant" and number:
+            yield Turn(conversation.id, number, messages[:number], message["content"])
+
+
+def sample(items: Iterable[list[Turn]], n: int | None, seed: int, walk: bool) -> Iterator[Turn]:
+    """All turns in dataset order, or ``n`` of them drawn at random; with ``walk``, whole conversations
+    (``n`` of them), each in order, so that prompts grow as in a real chat."""
+    units: Iterable[list[Turn]] = items if walk else ([turn] for conversation in items for turn in conversation)
+    if n is not None:
+        units = _reservoir((unit for unit in units if unit), n, random.Random(seed))
+    for unit in units:
+        yield from unit
+
+
+def _reservoir(units: Iterable[list[Turn]], n: int, rng: random.Random) -> list[list[Turn]]:
+    """``n`` units drawn uniformly in one pass, in constant memory, then shuffled."""
+    chosen: list[list[Turn]] = []
+    for seen, unit in enumerate(units):
+        if len(chosen) < n:
+            chosen.append(unit)
+        elif (slot := rng.randrange(seen + 1)) < n:
+            chosen[slot] = unit
+    rng.shuffle(chosen)
+    return chosen
+
+
+def export(
+    sources: Sequence[str | os.PathLike[str]],
+    output: str | os.PathLike[str],
+    *,
+    n: int | None = None,
+    seed: int = 0,
+    format: str = "openai",
+    walk: bool = False,
+    model: str = "gpt-4o",
+) -> int:
+    """Write a request set to ``output`` (JSONL); returns how many requests it holds.
+
+    ``openai``: chat completion bodies. ``vllm``: ``{"prompt", "output_tokens"}`` lines for vLLM's
+    "custom" benchmark dataset, from the turns whose prompt is one user message (what vLLM sends).
+    """
+    conversations = turns(sources)
+    if format == "vllm":
+        conversations = ([turn for turn in turns if _one_user_message(turn)] for turns in conversations)
+    lines = (_line(turn, format, model) for turn in sample(conversations, n, seed, walk))
+    temporary = f"{os.fspath(output)}.tmp"
+    count = 0
+    try:
+        with open(temporary, "wb") as file:
+            for line in lines:
+                file.write(line)
+                count += 1
+        os.replace(temporary, output)
+    finally:
+        if os.path.exists(temporary):
+            os.unlink(temporary)
+    return count
+
+
+_encode = msgspec.json.Encoder().encode
+_tokenizer = None
+
+
+def _one_user_message(turn: Turn) -> bool:
+    return len(turn.messages) == 1 and turn.messages[0]["role"] == "user"
+
+
+def _line(turn: Turn, format: str, model: str) -> bytes:
+    if format == "openai":
+        return _encode({"model": model, "messages": turn.messages}) + b"\n"
+    global _tokenizer
+    if _tokenizer is None:
+        from mockgpt.tokens import Tokenizer
+
+        _tokenizer = Tokenizer()
+    return _encode({"prompt": turn.messages[0]["content"], "output_tokens": _tokenizer.count(turn.answer)}) + b"\n"
