@@ -75,7 +75,7 @@ class Writer:
 
     def finish(self, meta: Meta) -> None:
         """Write records, table and meta, then move the file into place."""
-        record_offsets = [self._write_record(group) for group in range(self.keys)]
+        record_offsets = array("Q", (self._write_record(group) for group in range(self.keys)))
         self._write(bytes(-self._offset % 8))
         table_offset = self._offset
         slots = self._write_table(record_offsets)
@@ -115,12 +115,18 @@ class Writer:
         """How many keys have more than one answer."""
         return sum(first != last for first, last in zip(self._first, self._last))
 
-    def _write(self, data: bytes) -> int:
+    def _write(self, data: bytes | bytearray) -> int:
         """Append ``data``; a write is never split between the file and the buffer."""
-        if len(self._buffer) >= _BUFFER_SIZE:
+        if len(self._buffer) >= _BUFFER_SIZE or len(data) >= _BUFFER_SIZE:
             self._flush()
         offset = self._offset
-        self._buffer += data
+        if len(data) >= _BUFFER_SIZE:
+            # Straight to the file: a copy of the table or of a huge conversation would double the peak.
+            self._file.write(data)
+            self._file.flush()
+            self._flushed += len(data)
+        else:
+            self._buffer += data
         self._offset += len(data)
         return offset
 
@@ -172,7 +178,7 @@ class Writer:
         data = _encoder.encode(Record(self._key_offset[group], self._key_length[group], offsets))
         return self._write(LENGTH.pack(len(data)) + data)
 
-    def _write_table(self, record_offsets: list[int]) -> int:
+    def _write_table(self, record_offsets: array[int]) -> int:
         slots = 8
         while slots < 2 * self.keys:
             slots *= 2
@@ -188,5 +194,5 @@ class Writer:
                 used[slot] = 1
                 SLOT.pack_into(table, slot * SLOT.size, digest, record_offsets[group])
                 group = self._same_digest.get(group)
-        self._write(bytes(table))
+        self._write(table)
         return slots
