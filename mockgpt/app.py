@@ -36,6 +36,7 @@ from mockgpt import render, replay
 from mockgpt.errors import APIError, AuthenticationFailed, BadRequest, MethodNotAllowed, NotFound, PayloadTooLarge
 from mockgpt.canonical import Message
 from mockgpt.reader import Index
+from mockgpt.records import Answer
 from mockgpt.schema import (
     ChatCompletion,
     ChatCompletionRequest,
@@ -114,6 +115,11 @@ class Service:
 
     def chat(self, request: ChatCompletionRequest) -> Reply:
         record = self.replayer.find(request.messages)
+        if self._whole_answer(request):
+            answer = self.replayer.choose(record, 1, request.seed)[0]
+            request_id = _random_id()
+            body = render.chat_completion_whole("chatcmpl-" + request_id[:29], int(time.time()), request.model, answer)
+            return Reply(_headers(answer, request_id), body)
         max_tokens = request.max_completion_tokens or request.max_tokens
         answers = self.replayer.choose(record, request.n or 1, request.seed)
         cuts = [replay.cut(answer, max_tokens, request.stop) for answer in answers]
@@ -122,6 +128,14 @@ class Service:
             include_usage = bool(request.stream_options and request.stream_options.include_usage)
             return Reply(headers, frames=render.chat_chunks(id, created, request.model, cuts, include_usage))
         return Reply(headers, render.chat_completion(id, created, request.model, cuts))
+
+    def _whole_answer(self, request: ChatCompletionRequest) -> bool:
+        """Whether the reply is one whole answer, not streamed, with a random id: most requests. They take
+        a shorter path, as what the server does per request is a large share of its time."""
+        return (
+            not request.stream and (request.n or 1) == 1 and request.max_tokens is None
+            and request.max_completion_tokens is None and not request.stop and not self.settings.deterministic
+        )
 
     def completion(self, request: CompletionRequest) -> Reply:
         prompts = [request.prompt] if isinstance(request.prompt, str) else request.prompt
@@ -146,15 +160,23 @@ class Service:
             digest = xxh3_128_hexdigest(msgspec.msgpack.encode((request, seen)))
             id, created, request_id = digest[:29], _MODEL_CREATED + int(digest[:6], 16), digest
         else:
-            # Random enough to tell responses apart, and no system call per request.
-            request_id = f"{getrandbits(128):032x}"
+            request_id = _random_id()
             id, created = request_id[:29], int(time.time())
-        headers = [
-            (b"x-mockgpt-conversation-id", _header_value(first.conversation_id)),
-            (b"x-mockgpt-turn", str(first.turn).encode()),
-            (b"x-request-id", f"req_{request_id}".encode()),
-        ]
-        return prefix + id, created, headers
+        return prefix + id, created, _headers(first, request_id)
+
+
+def _random_id() -> str:
+    """Random enough to tell responses apart, and no system call per request."""
+    return f"{getrandbits(128):032x}"
+
+
+def _headers(answer: Answer, request_id: str) -> list[tuple[bytes, bytes]]:
+    """The headers that name the recorded turn, and the request id."""
+    return [
+        (b"x-mockgpt-conversation-id", _header_value(answer.conversation_id)),
+        (b"x-mockgpt-turn", b"%d" % answer.turn),
+        (b"x-request-id", b"req_" + request_id.encode()),
+    ]
 
 
 def _header_value(text: str) -> bytes:

@@ -8,6 +8,7 @@ import msgspec
 
 from mockgpt import replay
 from mockgpt.errors import APIError
+from mockgpt.records import Answer
 from mockgpt.schema import (
     ChatChoice,
     ChatCompletion,
@@ -23,7 +24,16 @@ from mockgpt.schema import (
     Usage,
 )
 
-__all__ = ["DONE", "chat_chunks", "chat_completion", "completion", "completion_chunks", "error", "error_body"]
+__all__ = [
+    "DONE",
+    "chat_chunks",
+    "chat_completion",
+    "chat_completion_whole",
+    "completion",
+    "completion_chunks",
+    "error",
+    "error_body",
+]
 
 DONE = b"data: [DONE]\n\n"
 
@@ -55,6 +65,13 @@ _USAGE = _template(Usage(prompt_tokens=_D, completion_tokens=_D, total_tokens=_D
 _CHAT_CHOICE = _template(ChatChoice(index=_D, message=ResponseMessage(content=_S), finish_reason=_QS))  # type: ignore[arg-type]
 _CHAT = _template(ChatCompletion(id=_QS, created=_D, model=_S, choices=[_S], usage=_S))  # type: ignore[arg-type, list-item]
 _TEXT_CHOICE = _template(CompletionChoice(text=_S, index=_D, finish_reason=_QS))  # type: ignore[arg-type]
+_CHAT_WHOLE = _template(
+    ChatCompletion(
+        id=_QS, created=_D, model=_S,  # type: ignore[arg-type]
+        choices=[ChatChoice(index=0, message=ResponseMessage(content=_S), finish_reason="stop")],  # type: ignore[arg-type]
+        usage=Usage(prompt_tokens=_D, completion_tokens=_D, total_tokens=_D),  # type: ignore[arg-type]
+    )
+)
 _TEXT = _template(Completion(id=_QS, created=_D, model=_S, choices=[_S], usage=_S))  # type: ignore[arg-type, list-item]
 
 
@@ -67,6 +84,12 @@ def _usage(cuts: Sequence[replay.Cut]) -> bytes:
 def chat_completion(id: str, created: int, model: str, cuts: Sequence[replay.Cut]) -> bytes:
     choices = b",".join([_CHAT_CHOICE % (i, cut.content, cut.finish_reason.encode()) for i, cut in enumerate(cuts)])
     return _CHAT % (id.encode(), created, _encode(model), choices, _usage(cuts))
+
+
+def chat_completion_whole(id: str, created: int, model: str, answer: Answer) -> bytes:
+    """``chat_completion`` of one whole answer, the common case, in one step."""
+    prompt, completion = answer.prompt_tokens, answer.completion_tokens
+    return _CHAT_WHOLE % (id.encode(), created, _encode(model), answer.content, prompt, completion, prompt + completion)
 
 
 def chat_chunks(id: str, created: int, model: str, cuts: Sequence[replay.Cut], include_usage: bool) -> Iterator[bytes]:

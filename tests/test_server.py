@@ -107,6 +107,18 @@ def test_n_cycles_through_answers(client: openai.OpenAI) -> None:
     assert [c.index for c in completion.choices] == [0, 1, 2, 3]
 
 
+@pytest.mark.parametrize("messages", [user("Hello!"), CODE_TURN], ids=["hello", "code"])
+def test_whole_answers_take_a_shorter_path_to_the_same_bytes(server: MockServer, messages: list[dict[str, str]]) -> None:
+    # A max_tokens past the answer's length takes the general path, and changes nothing else.
+    bodies = []
+    for extra in [{}, {"max_tokens": 10**6}]:
+        response = httpx.post(f"{server.base_url}/chat/completions", json={"model": "gpt-4o", "messages": messages, **extra})
+        reply = response.json()
+        bodies.append(response.content.replace(reply["id"].encode(), b"ID").replace(b'"created":%d' % reply["created"], b"CREATED"))
+    assert bodies[0] == bodies[1]
+    assert b"ID" in bodies[0] and b"CREATED" in bodies[0]
+
+
 @pytest.mark.parametrize("seed", [0, 1, 2, 3, 7])
 def test_seed_picks_an_answer(client: openai.OpenAI, seed: int) -> None:
     completion = client.chat.completions.create(model="gpt-4o", messages=user("Hello!"), seed=seed)  # type: ignore[arg-type]
