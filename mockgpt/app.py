@@ -11,6 +11,7 @@ an error, goes to Litestar untouched.
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import logging
 import os
@@ -60,6 +61,7 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 MODELS = ["gpt-4o", "gpt-4o-mini", "gpt-4.1", "gpt-4.1-mini", "gpt-4-turbo", "gpt-3.5-turbo", "o3-mini", "mockgpt"]
 _MODEL_CREATED = 1_700_000_000
 _JSON = "application/json"
+_YIELD_EVERY = 64
 _JSON_TYPE = (b"content-type", b"application/json")
 
 
@@ -285,8 +287,12 @@ def _reply(reply: Reply) -> Response[bytes] | Stream:
     frames = reply.frames
 
     async def stream() -> AsyncIterator[bytes]:
-        for frame in frames:
+        for number, frame in enumerate(frames, 1):
             yield frame
+            # Writing a frame rarely waits, so let the loop run now and then: other requests get their
+            # turn, and Litestar's disconnect watcher can cancel a stream whose client has gone.
+            if not number % _YIELD_EVERY:
+                await asyncio.sleep(0)
 
     return Stream(stream(), media_type="text/event-stream", headers={**headers, "cache-control": "no-cache"})
 

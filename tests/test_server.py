@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -13,7 +15,7 @@ from bpe_openai import get_encoding
 
 from mockgpt.fileformat import FORMAT_VERSION
 from mockgpt.indexer import build
-from mockgpt.testing import MockServer
+from mockgpt.testing import MockServer, index_conversations
 
 from .conftest import sharegpt, write_sharegpt
 
@@ -99,6 +101,43 @@ def test_stream_without_usage(client: openai.OpenAI) -> None:
     chunks = list(client.chat.completions.create(model="gpt-4o", messages=user("Hello!"), stream=True))  # type: ignore[arg-type]
     assert chunks[-1].choices[0].finish_reason == "stop"
     assert "".join(c.choices[0].delta.content or "" for c in chunks) == HELLOS[0]
+
+
+def test_a_client_that_disconnects_stops_its_stream(tmp_path: Path) -> None:
+    # An answer of some 150,000 tokens: streaming it costs the server a measurable share of a second.
+    long_answer = " ".join(f"word{n}" for n in range(50_000))
+    index = index_conversations([[{"role": "user", "content": "long"}, {"role": "assistant", "content": long_answer}]], tmp_path / "long.mgpt")
+    body = {"model": "gpt-4o", "messages": user("long"), "stream": True}
+    with MockServer(index) as server, httpx.Client(base_url=server.base_url, timeout=60) as client:
+        assert server.pid is not None
+        start = _settled_cpu_time(server.pid)
+        with client.stream("POST", "/chat/completions", json=body) as response:
+            received = sum(len(chunk) for chunk in response.iter_raw())
+        whole = _settled_cpu_time(server.pid) - start
+        start = _settled_cpu_time(server.pid)
+        with httpx.Client(base_url=server.base_url, timeout=60) as leaving:
+            with leaving.stream("POST", "/chat/completions", json=body) as response:
+                next(response.iter_raw())
+        abandoned = _settled_cpu_time(server.pid) - start
+        assert received > 10_000_000
+        assert abandoned < whole / 4, (abandoned, whole)
+        assert client.post("/chat/completions", json={**body, "stream": False}).json()["choices"][0]["message"]["content"] == long_answer
+
+
+def _settled_cpu_time(pid: int) -> float:
+    """The process's CPU seconds, once it has stopped using any for a while."""
+    def cpu() -> float:
+        fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+    last = cpu()
+    for _ in range(100):
+        time.sleep(0.3)
+        now = cpu()
+        if now == last:
+            return now
+        last = now
+    raise AssertionError(f"process {pid} kept using CPU")
 
 
 def test_n_cycles_through_answers(client: openai.OpenAI) -> None:
