@@ -33,7 +33,7 @@ from litestar.response import Stream
 from litestar.static_files import create_static_files_router
 from xxhash import xxh3_128_hexdigest
 
-from mockgpt import render, replay
+from mockgpt import render, replay, tokens
 from mockgpt.errors import APIError, AuthenticationFailed, BadRequest, MethodNotAllowed, NotFound, PayloadTooLarge
 from mockgpt.canonical import Message
 from mockgpt.reader import Index
@@ -142,15 +142,18 @@ class Service:
     def completion(self, request: CompletionRequest) -> Reply:
         prompts = [request.prompt] if isinstance(request.prompt, str) else request.prompt
         cuts = []
+        prompt_tokens = 0
         for prompt in prompts:
             record = self.replayer.find([Message("user", prompt)])
             answers = self.replayer.choose(record, request.n or 1, request.seed)
             cuts += [replay.cut(answer, request.max_tokens, request.stop) for answer in answers]
+            prompt_tokens += tokens.text_prompt_tokens(answers[0].prompt_tokens)
         id, created, headers = self._identity("cmpl-", request, cuts)
         if request.stream:
             include_usage = bool(request.stream_options and request.stream_options.include_usage)
-            return Reply(headers, frames=render.completion_chunks(id, created, request.model, cuts, include_usage))
-        return Reply(headers, render.completion(id, created, request.model, cuts))
+            frames = render.completion_chunks(id, created, request.model, cuts, prompt_tokens, include_usage)
+            return Reply(headers, frames=frames)
+        return Reply(headers, render.completion(id, created, request.model, cuts, prompt_tokens))
 
     def _identity(
         self, prefix: str, request: msgspec.Struct, cuts: list[replay.Cut]
@@ -399,7 +402,7 @@ async def health(request: Request[Any, Any, Any]) -> Health:
 
 
 def _error_response(status: int, body: bytes) -> Response[bytes]:
-    return Response(body, status_code=status, media_type=_JSON)
+    return Response(body, status_code=status, media_type=_JSON, headers={"x-request-id": "req_" + _random_id()})
 
 
 def _api_error(request: Request[Any, Any, Any], error: APIError) -> Response[bytes]:

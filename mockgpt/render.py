@@ -17,9 +17,11 @@ from mockgpt.schema import (
     ChunkChoice,
     Completion,
     CompletionChoice,
+    CompletionChunk,
     Delta,
     ErrorBody,
     ErrorDetail,
+    FirstDelta,
     ResponseMessage,
     Usage,
 )
@@ -49,10 +51,9 @@ def error(exception: APIError) -> bytes:
     return error_body(exception.message, exception.type, exception.param, exception.code)
 
 
-def usage(cuts: Sequence[replay.Cut]) -> Usage:
-    prompt = cuts[0].answer.prompt_tokens
+def usage(prompt_tokens: int, cuts: Sequence[replay.Cut]) -> Usage:
     completion = sum(cut.completion_tokens for cut in cuts)
-    return Usage(prompt_tokens=prompt, completion_tokens=completion, total_tokens=prompt + completion)
+    return Usage(prompt_tokens=prompt_tokens, completion_tokens=completion, total_tokens=prompt_tokens + completion)
 
 
 def _template(response: msgspec.Struct) -> bytes:
@@ -75,15 +76,14 @@ _CHAT_WHOLE = _template(
 _TEXT = _template(Completion(id=_QS, created=_D, model=_S, choices=[_S], usage=_S))  # type: ignore[arg-type, list-item]
 
 
-def _usage(cuts: Sequence[replay.Cut]) -> bytes:
-    prompt = cuts[0].answer.prompt_tokens
+def _usage(prompt_tokens: int, cuts: Sequence[replay.Cut]) -> bytes:
     completion = sum([cut.completion_tokens for cut in cuts])
-    return _USAGE % (prompt, completion, prompt + completion)
+    return _USAGE % (prompt_tokens, completion, prompt_tokens + completion)
 
 
 def chat_completion(id: str, created: int, model: str, cuts: Sequence[replay.Cut]) -> bytes:
     choices = b",".join([_CHAT_CHOICE % (i, cut.content, cut.finish_reason.encode()) for i, cut in enumerate(cuts)])
-    return _CHAT % (id.encode(), created, _encode(model), choices, _usage(cuts))
+    return _CHAT % (id.encode(), created, _encode(model), choices, _usage(cuts[0].answer.prompt_tokens, cuts))
 
 
 def chat_completion_whole(id: str, created: int, model: str, answer: Answer) -> bytes:
@@ -100,31 +100,35 @@ def chat_chunks(id: str, created: int, model: str, cuts: Sequence[replay.Cut], i
         return b"data: " + _encode(chunk(id=id, created=created, model=model, choices=choices)) + b"\n\n"
 
     for i, cut in enumerate(cuts):
-        yield frame([ChunkChoice(index=i, delta=Delta(role="assistant", content=""))])
+        yield frame([ChunkChoice(index=i, delta=FirstDelta())])
         for piece in replay.pieces(cut):
             yield frame([ChunkChoice(index=i, delta=Delta(content=piece))])
         yield frame([ChunkChoice(index=i, delta=Delta(), finish_reason=cut.finish_reason)])  # type: ignore[arg-type]
     if include_usage:
-        last = ChatCompletionChunkWithUsage(id=id, created=created, model=model, choices=[], usage=usage(cuts))
+        last = ChatCompletionChunkWithUsage(id=id, created=created, model=model, choices=[], usage=usage(cuts[0].answer.prompt_tokens, cuts))
         yield b"data: " + _encode(last) + b"\n\n"
     yield DONE
 
 
-def completion(id: str, created: int, model: str, cuts: Sequence[replay.Cut]) -> bytes:
+def completion(id: str, created: int, model: str, cuts: Sequence[replay.Cut], prompt_tokens: int) -> bytes:
     choices = b",".join([_TEXT_CHOICE % (cut.content, i, cut.finish_reason.encode()) for i, cut in enumerate(cuts)])
-    return _TEXT % (id.encode(), created, _encode(model), choices, _usage(cuts))
+    return _TEXT % (id.encode(), created, _encode(model), choices, _usage(prompt_tokens, cuts))
 
 
-def completion_chunks(id: str, created: int, model: str, cuts: Sequence[replay.Cut], include_usage: bool) -> Iterator[bytes]:
+def completion_chunks(
+    id: str, created: int, model: str, cuts: Sequence[replay.Cut], prompt_tokens: int, include_usage: bool
+) -> Iterator[bytes]:
     """The frames of a streamed legacy completion, ``data: [DONE]`` last."""
+    chunk = Completion if include_usage else CompletionChunk
 
     def frame(choice: CompletionChoice) -> bytes:
-        return b"data: " + _encode(Completion(id=id, created=created, model=model, choices=[choice])) + b"\n\n"
+        return b"data: " + _encode(chunk(id=id, created=created, model=model, choices=[choice])) + b"\n\n"
 
     for i, cut in enumerate(cuts):
         for piece in replay.pieces(cut):
             yield frame(CompletionChoice(text=piece, index=i, finish_reason=None))
         yield frame(CompletionChoice(text="", index=i, finish_reason=cut.finish_reason))  # type: ignore[arg-type]
     if include_usage:
-        yield b"data: " + _encode(Completion(id=id, created=created, model=model, choices=[], usage=usage(cuts))) + b"\n\n"
+        last = Completion(id=id, created=created, model=model, choices=[], usage=usage(prompt_tokens, cuts))
+        yield b"data: " + _encode(last) + b"\n\n"
     yield DONE

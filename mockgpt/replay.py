@@ -75,9 +75,8 @@ class Replayer:
             detail = f"messages[0:{matched}] match a recorded conversation; messages[{matched}] is the first that differs."
         else:
             detail = "messages[0] already differs from every recorded conversation."
-        return ConversationNotFound(
-            f"No recorded conversation continues these {len(pairs)} messages: {detail}", param="messages"
-        )
+        these = "this message" if len(pairs) == 1 else f"these {len(pairs)} messages"
+        return ConversationNotFound(f"No recorded conversation continues {these}: {detail}", param="messages")
 
     def _recorded_prefix(self, pairs: list[tuple[str, str]]) -> int:
         """How many of the first messages are recorded, at assistant-turn granularity."""

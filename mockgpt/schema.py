@@ -21,10 +21,12 @@ __all__ = [
     "ChunkChoice",
     "Completion",
     "CompletionChoice",
+    "CompletionChunk",
     "CompletionRequest",
     "Delta",
     "ErrorBody",
     "ErrorDetail",
+    "FirstDelta",
     "Health",
     "Model",
     "ModelList",
@@ -117,15 +119,23 @@ class ChatCompletion(Struct, kw_only=True, gc=False):
     system_fingerprint: str | None = None
 
 
-class Delta(Struct, omit_defaults=True, gc=False):
-    role: Literal["assistant"] | None = None
-    content: str | None = None
+class FirstDelta(Struct, gc=False):
+    """The delta of a choice's first chunk: its role, and no text yet."""
+
+    role: Literal["assistant"] = "assistant"
+    content: str = ""
     refusal: None = None
+
+
+class Delta(Struct, omit_defaults=True, gc=False):
+    """The delta of every later chunk: a piece of text, or nothing in the chunk that finishes."""
+
+    content: str | None = None
 
 
 class ChunkChoice(Struct, gc=False):
     index: int
-    delta: Delta
+    delta: FirstDelta | Delta
     finish_reason: FinishReason | None = None
     logprobs: None = None
 
@@ -140,7 +150,7 @@ class ChatCompletionChunk(Struct, kw_only=True, gc=False):
     system_fingerprint: str | None = None
 
 
-class ChatCompletionChunkWithUsage(ChatCompletionChunk):
+class ChatCompletionChunkWithUsage(ChatCompletionChunk, kw_only=True):
     """A chunk of a stream that asked for usage: ``null`` on every chunk but the last."""
 
     usage: Usage | None = None
@@ -153,14 +163,19 @@ class CompletionChoice(Struct, gc=False):
     logprobs: None = None
 
 
-class Completion(Struct, kw_only=True, gc=False):
+class CompletionChunk(Struct, kw_only=True, gc=False):
     id: str
     object: Literal["text_completion"] = "text_completion"
     created: int
     model: str
     choices: list[CompletionChoice]
-    usage: Usage | None = None
     system_fingerprint: str | None = None
+
+
+class Completion(CompletionChunk, kw_only=True):
+    """A legacy completion; also a chunk of a stream that asked for usage, ``null`` on every chunk but the last."""
+
+    usage: Usage | None = None
 
 
 class Model(Struct, kw_only=True):

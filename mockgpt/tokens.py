@@ -5,7 +5,8 @@ The server never tokenizes: the index stores every answer's token boundaries and
 Prompt tokens follow OpenAI's published way of counting chat input: every message costs
 ``TOKENS_PER_MESSAGE`` (3) tokens of framing plus its role name (one token for each of "user",
 "assistant", "system" and "tool") plus its content, and the reply is primed with ``REPLY_PRIMING`` (3)
-more. A request of one user message "hi" is thus 3 + 1 + 1 + 3 = 8 tokens.
+more. A request of one user message "hi" is thus 3 + 1 + 1 + 3 = 8 tokens. The legacy completions
+API counts the prompt's text alone: 1 token.
 
 An answer's boundaries are stored as one byte per token: the token's UTF-8 length minus one
 (``o200k_base`` tokens are 1 to 128 bytes long). A token can end inside a multi-byte character, so
@@ -26,6 +27,7 @@ __all__ = [
     "measure",
     "prompt_tokens",
     "sanitize",
+    "text_prompt_tokens",
 ]
 
 ENCODING = "o200k_base"
@@ -75,6 +77,11 @@ def sanitize(text: str) -> str:
 def prompt_tokens(content_tokens: Sequence[int]) -> int:
     """Prompt tokens of messages whose contents have ``content_tokens`` tokens each."""
     return sum(content_tokens) + len(content_tokens) * (TOKENS_PER_MESSAGE + ROLE_TOKENS) + REPLY_PRIMING
+
+
+def text_prompt_tokens(chat_prompt_tokens: int) -> int:
+    """The tokens of a one-message chat prompt's text alone: what the legacy completions API counts."""
+    return chat_prompt_tokens - prompt_tokens([0])
 
 
 _tokenizer: Tokenizer | None = None

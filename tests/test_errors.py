@@ -77,6 +77,7 @@ def test_error_paths(
     error = error_of(response)
     assert error["type"] == "invalid_request_error"
     assert (error["param"], error["code"]) == (param, code)
+    assert response.headers["x-request-id"].startswith("req_")
 
 
 def test_chunked_body_over_the_limit(http: httpx.Client) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import time
 from collections.abc import Iterator
@@ -204,6 +205,39 @@ def test_legacy_completions(client: openai.OpenAI) -> None:
     assert cut.choices[0].finish_reason == "length" and cut.usage is not None and cut.usage.completion_tokens == 3
     streamed = client.completions.create(model="gpt-3.5-turbo-instruct", prompt="Hello!", stream=True)
     assert "".join(chunk.choices[0].text for chunk in streamed if chunk.choices) == HELLOS[0]
+
+
+def test_legacy_prompt_tokens_are_the_prompts_own(client: openai.OpenAI) -> None:
+    # The legacy API counts the prompt's text alone, without the framing of a chat message.
+    prompts = ["Hello!", "Write an add function in Python."]
+    expected = [len(ENCODING.encode_ordinary(prompt)) for prompt in prompts]
+    for prompt, count in zip(prompts, expected):
+        completion = client.completions.create(model="gpt-3.5-turbo-instruct", prompt=prompt)
+        assert completion.usage is not None and completion.usage.prompt_tokens == count
+    both = client.completions.create(model="gpt-3.5-turbo-instruct", prompt=prompts)
+    assert both.usage is not None and both.usage.prompt_tokens == sum(expected)
+    chunks = list(
+        client.completions.create(model="gpt-3.5-turbo-instruct", prompt=prompts[0], stream=True, stream_options={"include_usage": True})
+    )
+    assert chunks[-1].choices == [] and chunks[-1].usage is not None and chunks[-1].usage.prompt_tokens == expected[0]
+
+
+@pytest.mark.parametrize("path", ["/chat/completions", "/completions"])
+def test_stream_chunks_carry_usage_only_when_asked(server: MockServer, path: str) -> None:
+    body = {"model": "gpt-4o", "stream": True, **({"messages": user("Hello!")} if path == "/chat/completions" else {"prompt": "Hello!"})}
+    for include_usage in [False, True]:
+        response = httpx.post(server.base_url + path, json={**body, "stream_options": {"include_usage": include_usage}})
+        events = [line.removeprefix("data: ") for line in response.text.split("\n\n") if line]
+        assert events[-1] == "[DONE]"
+        chunks = [json.loads(event) for event in events[:-1]]
+        if include_usage:
+            assert all(chunk["usage"] is None for chunk in chunks[:-1]) and chunks[-1]["usage"]["total_tokens"] > 0
+        else:
+            assert all("usage" not in chunk for chunk in chunks)
+    if path == "/chat/completions":
+        assert chunks[0]["choices"][0]["delta"] == {"role": "assistant", "content": "", "refusal": None}
+        assert chunks[1]["choices"][0]["delta"] == {"content": "Hi"}
+        assert chunks[-2]["choices"][0]["delta"] == {}
 
 
 def test_raw_response_headers(client: openai.OpenAI) -> None:
