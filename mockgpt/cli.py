@@ -11,7 +11,7 @@ import click
 import msgspec
 
 from mockgpt import canonical
-from mockgpt.errors import MockGPTError
+from mockgpt.errors import DatasetError, MockGPTError
 
 __all__ = ["main"]
 
@@ -50,6 +50,9 @@ def index(sources: tuple[str, ...], output: str | None, format: str | None, part
                 sources, output, format=format, partial=partial, jobs=jobs,
                 on_progress=on_progress, on_warning=lambda message: click.echo(f"warning: {message}", err=True),
             )
+        except DatasetError as error:
+            hint = "" if error.offset is None else "; --partial indexes the complete conversations before it"
+            raise click.ClickException(f"{error}{hint}") from None
         except MockGPTError as error:
             raise click.ClickException(str(error)) from None
     if quiet:
@@ -138,6 +141,9 @@ def serve(
             index_path, host=host, port=port, workers=workers, api_key=api_key, max_body=max_body,
             deterministic=deterministic, ignore_system=ignore_system, log_level=log_level, on_ready=ready,
         )
+    except DatasetError as error:
+        hint = "" if error.offset is None else "; `mockgpt index --partial` indexes the complete conversations before it"
+        raise click.ClickException(f"{error}{hint}") from None
     except (MockGPTError, OSError) as error:
         raise click.ClickException(str(error)) from None
 

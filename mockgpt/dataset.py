@@ -94,7 +94,7 @@ def _read_array(
         except StopIteration:
             break
         except ijson.JSONError as error:
-            reason = str(error).splitlines()[0].removeprefix("parse error: ")
+            reason = str(error).splitlines()[0].removeprefix("parse error: ").rstrip(".")
             raise DatasetError(f"{name}: invalid JSON before byte {file.tell()}: {reason}", offset=file.tell())
         number += 1
         yield _sharegpt(item, number)

@@ -54,7 +54,7 @@ def test_truncated_input_fails_and_leaves_the_index_alone(tmp_path: Path, trunca
     result = run(str(truncated))
     assert result.returncode == 1
     (line,) = result.stderr.strip().splitlines()
-    assert str(truncated) in line and f"byte {truncated.stat().st_size}" in line
+    assert str(truncated) in line and f"byte {truncated.stat().st_size}" in line and "--partial" in line
     assert existing.read_bytes() == b"the previous index"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["cut.json", "cut.mgpt"]
 
