@@ -61,8 +61,8 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 MODELS = ["gpt-4o", "gpt-4o-mini", "gpt-4.1", "gpt-4.1-mini", "gpt-4-turbo", "gpt-3.5-turbo", "o3-mini", "mockgpt"]
 _MODEL_CREATED = 1_700_000_000
 _JSON = "application/json"
-_YIELD_EVERY = 64
 _JSON_TYPE = (b"content-type", b"application/json")
+_YIELD_EVERY = 64
 
 
 class Settings(msgspec.Struct, kw_only=True):

@@ -50,11 +50,8 @@ def index(sources: tuple[str, ...], output: str | None, format: str | None, part
                 sources, output, format=format, partial=partial, jobs=jobs,
                 on_progress=on_progress, on_warning=lambda message: click.echo(f"warning: {message}", err=True),
             )
-        except DatasetError as error:
-            hint = "" if error.offset is None else "; --partial indexes the complete conversations before it"
-            raise click.ClickException(f"{error}{hint}") from None
         except MockGPTError as error:
-            raise click.ClickException(str(error)) from None
+            raise _failure(error, "--partial") from None
     if quiet:
         return
     click.echo(f"{output}: {stats.conversations:,} conversations read, {stats.answers:,} assistant turns indexed,")
@@ -141,11 +138,15 @@ def serve(
             index_path, host=host, port=port, workers=workers, api_key=api_key, max_body=max_body,
             deterministic=deterministic, ignore_system=ignore_system, log_level=log_level, on_ready=ready,
         )
-    except DatasetError as error:
-        hint = "" if error.offset is None else "; `mockgpt index --partial` indexes the complete conversations before it"
-        raise click.ClickException(f"{error}{hint}") from None
     except (MockGPTError, OSError) as error:
-        raise click.ClickException(str(error)) from None
+        raise _failure(error, "`mockgpt index --partial`") from None
+
+
+def _failure(error: Exception, partial: str) -> click.ClickException:
+    """``error`` as one line; a dataset cut off mid-way also says that ``partial`` indexes what is complete."""
+    if isinstance(error, DatasetError) and error.offset is not None:
+        return click.ClickException(f"{error}; {partial} indexes the complete conversations before it")
+    return click.ClickException(str(error))
 
 
 @main.command("export-requests")
