@@ -114,22 +114,27 @@ class Service:
         self.settings = settings
         self.index = Index(settings.index)
         self.replayer = replay.Replayer(self.index, ignore_system=settings.ignore_system)
+        self.fingerprint = self.index.fingerprint
 
     def chat(self, request: ChatCompletionRequest) -> Reply:
         record = self.replayer.find(request.messages)
+        # The key left the request's system messages out, but its prompt holds them: count what was sent.
+        sent = self.replayer.system_tokens(request.messages) if self.settings.ignore_system else 0
         if self._whole_answer(request):
-            answer = self.replayer.choose(record, 1, request.seed)[0]
+            answer = self.replayer.choose(record, 1, request.seed, sent)[0]
             request_id = _random_id()
-            body = render.chat_completion_whole("chatcmpl-" + request_id[:29], int(time.time()), request.model, answer)
+            id, created = "chatcmpl-" + request_id[:29], int(time.time())
+            body = render.chat_completion_whole(id, created, request.model, self.fingerprint, answer)
             return Reply(_headers(answer, request_id), body)
         max_tokens = request.max_completion_tokens or request.max_tokens
-        answers = self.replayer.choose(record, request.n or 1, request.seed)
+        answers = self.replayer.choose(record, request.n or 1, request.seed, sent)
         cuts = [replay.cut(answer, max_tokens, request.stop) for answer in answers]
         id, created, headers = self._identity("chatcmpl-", request, cuts)
         if request.stream:
             include_usage = bool(request.stream_options and request.stream_options.include_usage)
-            return Reply(headers, frames=render.chat_chunks(id, created, request.model, cuts, include_usage))
-        return Reply(headers, render.chat_completion(id, created, request.model, cuts))
+            frames = render.chat_chunks(id, created, request.model, self.fingerprint, cuts, include_usage)
+            return Reply(headers, frames=frames)
+        return Reply(headers, render.chat_completion(id, created, request.model, self.fingerprint, cuts))
 
     def _whole_answer(self, request: ChatCompletionRequest) -> bool:
         """Whether the reply is one whole answer, not streamed, with a random id: most requests. They take
@@ -151,9 +156,9 @@ class Service:
         id, created, headers = self._identity("cmpl-", request, cuts)
         if request.stream:
             include_usage = bool(request.stream_options and request.stream_options.include_usage)
-            frames = render.completion_chunks(id, created, request.model, cuts, prompt_tokens, include_usage)
+            frames = render.completion_chunks(id, created, request.model, self.fingerprint, cuts, prompt_tokens, include_usage)
             return Reply(headers, frames=frames)
-        return Reply(headers, render.completion(id, created, request.model, cuts, prompt_tokens))
+        return Reply(headers, render.completion(id, created, request.model, self.fingerprint, cuts, prompt_tokens))
 
     def _identity(
         self, prefix: str, request: msgspec.Struct, cuts: list[replay.Cut]

@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterable
 from types import TracebackType
 
 import msgspec
+from xxhash import xxh3_64_hexdigest
 
 from mockgpt import canonical
 from mockgpt.errors import IndexFormatError
@@ -27,6 +28,8 @@ _meta = msgspec.msgpack.Decoder(Meta)
 
 class Index:
     """An open index file; a context manager.
+
+    ``fingerprint`` names this build of the index (``fp_`` and 10 hex digits), as ``system_fingerprint``.
 
     ``hash`` must be the function the index was written with (see ``Writer``).
     """
@@ -48,6 +51,8 @@ class Index:
             self.meta = _meta.decode(meta)
         except msgspec.DecodeError:
             raise IndexFormatError(f"{self.path}: damaged index (unreadable meta section)") from None
+        # Header and meta name the build (counts, offsets, sources, time): a digest of them names the index.
+        self.fingerprint = "fp_" + xxh3_64_hexdigest(bytes(self._view[: HEADER.size]) + bytes(meta))[:10]
         self._table_offset = self.header.table_offset
         self._mask = self.header.table_slots - 1
 

@@ -13,7 +13,7 @@ from typing import NamedTuple
 
 import msgspec
 
-from mockgpt import canonical
+from mockgpt import canonical, tokens
 from mockgpt.errors import BadRequest, ConversationNotFound
 from mockgpt.reader import Index
 from mockgpt.records import Answer, Record
@@ -49,6 +49,8 @@ class Replayer:
     def __init__(self, index: Index, *, ignore_system: bool = False) -> None:
         self.index = index
         self._skip = "system" if ignore_system else None
+        # Only then are a request's tokens not all in the index: load the tokenizer now, not on a request.
+        self._tokenizer = tokens.Tokenizer() if ignore_system else None
 
     def find(self, messages: Sequence[canonical.Message]) -> Record:
         """The record of request messages; ``BadRequest`` for an unknown role, ``ConversationNotFound``
@@ -59,40 +61,70 @@ class Replayer:
             raise _bad_role(messages) from None
         record = self.index.find(framed)
         if record is None:
-            pairs = [(_API_ROLES[m.role], canonical.text_of(m.content)) for m in messages]
-            raise self._not_found([pair for pair in pairs if pair[0] != self._skip])
+            raise self._not_found(messages)
         return record
 
-    def choose(self, record: Record, n: int, seed: int | None) -> list[Answer]:
-        """``n`` answers: from the ``seed``-th (mod their number) or the first, cycling in dataset order."""
+    def choose(self, record: Record, n: int, seed: int | None, unkeyed_tokens: int = 0) -> list[Answer]:
+        """``n`` answers: from the ``seed``-th (mod their number) or the first, cycling in dataset order.
+
+        ``unkeyed_tokens`` are prompt tokens the request sent beyond those of the recorded prompt.
+        """
         offsets = record.answers
         first = 0 if seed is None else seed % len(offsets)
-        return [self.index.answer(offsets[(first + i) % len(offsets)]) for i in range(n)]
+        answers = [self.index.answer(offsets[(first + i) % len(offsets)]) for i in range(n)]
+        if unkeyed_tokens:
+            answers = [msgspec.structs.replace(a, prompt_tokens=a.prompt_tokens + unkeyed_tokens) for a in answers]
+        return answers
 
-    def _not_found(self, pairs: list[tuple[str, str]]) -> ConversationNotFound:
-        matched = self._recorded_prefix(pairs)
-        if matched:
-            detail = f"messages[0:{matched}] match a recorded conversation; messages[{matched}] is the first that differs."
+    def system_tokens(self, messages: Sequence[canonical.Message]) -> int:
+        """The prompt tokens of the system and developer messages left out of the key (0 if none are)."""
+        if self._tokenizer is None:
+            return 0
+        counts = [self._tokenizer.count(canonical.text_of(m.content)) for m in messages if _API_ROLES.get(m.role) == self._skip]
+        # What these messages add to a prompt: the reply's priming is counted once, already.
+        return tokens.prompt_tokens(counts) - tokens.prompt_tokens([])
+
+    def _not_found(self, messages: Sequence[canonical.Message]) -> ConversationNotFound:
+        # Positions in the request of the messages the key holds.
+        kept = [(n, _API_ROLES[m.role], m) for n, m in enumerate(messages) if _API_ROLES[m.role] != self._skip]
+        pairs = [(role, canonical.normalize(canonical.text_of(m.content))) for _, role, m in kept]
+        matched, answer_next = self._recorded_prefix(pairs)
+        these = "this message" if len(messages) == 1 else f"these {len(messages)} messages"
+        if not matched:
+            detail = f"messages[{kept[0][0] if kept else 0}] already differs from every recorded conversation."
+        elif matched == len(kept):
+            detail = f"messages[0:{len(messages)}] match a recorded conversation, but it has no assistant answer after them."
         else:
-            detail = "messages[0] already differs from every recorded conversation."
-        these = "this message" if len(pairs) == 1 else f"these {len(pairs)} messages"
+            first = kept[matched][0]
+            detail = f"messages[0:{first}] match a recorded conversation; messages[{first}] is the first that differs"
+            if answer_next and kept[matched][1] == "assistant":
+                detail += " (no answer recorded there has this text)"
+            elif answer_next:
+                detail += " (the recorded conversation goes on with an assistant answer there)"
+            detail += "."
         return ConversationNotFound(f"No recorded conversation continues {these}: {detail}", param="messages")
 
-    def _recorded_prefix(self, pairs: list[tuple[str, str]]) -> int:
-        """How many of the first messages are recorded, at assistant-turn granularity."""
-        matched = 0
-        for number, (role, text) in enumerate(pairs):
-            if role != "assistant" or number == 0:
-                continue
-            record = self.index.find(canonical.frame(pairs[:number]))
-            if record is None:
-                break
-            matched = number
-            wanted = canonical.normalize(text)
-            if all(canonical.normalize(self.index.answer(offset).text) != wanted for offset in record.answers):
-                break
-            matched = number + 1
-        return matched
+    def _recorded_prefix(self, pairs: list[tuple[str, str]]) -> tuple[int, bool]:
+        """How many of the first (role, normalized text) messages a recorded conversation holds, the most
+        found; and whether an answer was recorded right after them.
+
+        The index shows a recorded prefix in two places: a key (the messages before an answer), and a key
+        followed by one of its answers.
+        """
+        framed = [canonical.frame_message(role, text) for role, text in pairs]
+        ends = list(accumulate(map(len, framed), initial=0))
+        whole = b"".join(framed)
+        for count in range(len(pairs), 0, -1):
+            if self.index.find(whole[: ends[count]]) is not None:
+                return count, True
+            role, text = pairs[count - 1]
+            if role == "assistant" and count > 1:
+                record = self.index.find(whole[: ends[count - 1]])
+                if record is not None and any(
+                    canonical.normalize(self.index.answer(offset).text) == text for offset in record.answers
+                ):
+                    return count, False
+        return 0, False
 
 
 def cut(answer: Answer, max_tokens: int | None, stop: str | Sequence[str] | None) -> Cut:

@@ -116,7 +116,7 @@ class ChatCompletion(Struct, kw_only=True, gc=False):
     choices: list[ChatChoice]
     usage: Usage
     service_tier: str = "default"
-    system_fingerprint: str | None = None
+    system_fingerprint: str
 
 
 class FirstDelta(Struct, gc=False):
@@ -147,7 +147,7 @@ class ChatCompletionChunk(Struct, kw_only=True, gc=False):
     model: str
     choices: list[ChunkChoice]
     service_tier: str = "default"
-    system_fingerprint: str | None = None
+    system_fingerprint: str
 
 
 class ChatCompletionChunkWithUsage(ChatCompletionChunk, kw_only=True):
@@ -169,7 +169,7 @@ class CompletionChunk(Struct, kw_only=True, gc=False):
     created: int
     model: str
     choices: list[CompletionChoice]
-    system_fingerprint: str | None = None
+    system_fingerprint: str
 
 
 class Completion(CompletionChunk, kw_only=True):

@@ -147,6 +147,46 @@ def test_n_cycles_through_answers(client: openai.OpenAI) -> None:
     assert [c.index for c in completion.choices] == [0, 1, 2, 3]
 
 
+@pytest.mark.parametrize("path", ["/chat/completions", "/completions"])
+def test_n_streams_interleave_in_token_order(server: MockServer, path: str) -> None:
+    chat = path == "/chat/completions"
+    body = {"model": "gpt-4o", "stream": True, "n": 3, **({"messages": user("Hello!")} if chat else {"prompt": "Hello!"})}
+    events = [line.removeprefix("data: ") for line in httpx.post(server.base_url + path, json=body).text.split("\n\n") if line]
+    chunks = [json.loads(event) for event in events[:-1]]
+    order = [chunk["choices"][0]["index"] for chunk in chunks]
+    pieces: list[list[str]] = [[], [], []]
+    finished = []
+    for chunk in chunks[3:] if chat else chunks:
+        (choice,) = chunk["choices"]
+        if choice["finish_reason"]:
+            finished.append(choice["index"])
+        else:
+            pieces[choice["index"]].append(choice["delta"]["content"] if chat else choice["text"])
+    assert ["".join(p) for p in pieces] == HELLOS
+    if chat:
+        assert order[:3] == [0, 1, 2] and all(c["choices"][0]["delta"]["role"] == "assistant" for c in chunks[:3])
+        order = order[3:]
+    # Round after round, every choice still going sends its next token; a choice's finish takes its place.
+    shortest = min(len(p) for p in pieces)
+    assert order[: 3 * shortest] == [0, 1, 2] * shortest
+    assert sorted(finished) == [0, 1, 2] and len(order) == sum(len(p) for p in pieces) + 3
+
+
+def test_every_response_names_the_index_build(server: MockServer, index: Path) -> None:
+    fingerprints = {
+        httpx.post(f"{server.base_url}/chat/completions", json={"model": "m", "messages": user("Hello!"), **extra}).json()["system_fingerprint"]
+        for extra in [{}, {"n": 2}]
+    }
+    fingerprints.add(httpx.post(f"{server.base_url}/completions", json={"model": "m", "prompt": "Hello!"}).json()["system_fingerprint"])
+    (fingerprint,) = fingerprints
+    assert fingerprint.startswith("fp_") and len(fingerprint) == 13
+    # Another build of the same conversations is another index.
+    copy = index.parent / "copy.mgpt"
+    build([index.parent / "chats.json"], copy)
+    with MockServer(copy) as other:
+        assert httpx.post(f"{other.base_url}/completions", json={"model": "m", "prompt": "Hello!"}).json()["system_fingerprint"] != fingerprint
+
+
 @pytest.mark.parametrize("messages", [user("Hello!"), CODE_TURN], ids=["hello", "code"])
 def test_whole_answers_take_a_shorter_path_to_the_same_bytes(server: MockServer, messages: list[dict[str, str]]) -> None:
     # A max_tokens past the answer's length takes the general path, and changes nothing else.
@@ -250,16 +290,53 @@ def test_raw_response_headers(client: openai.OpenAI) -> None:
     assert raw.parse().choices[0].message.content == "You're welcome."
 
 
-def test_miss_says_how_far_the_request_matched(client: openai.OpenAI) -> None:
+SYS = [{"role": "system", "content": "Be terse."}, *user("2+2?")]
+CODE_TALK = [*CODE_TURN, {"role": "assistant", "content": CODE}, *user("Thanks!")]
+AFTER = "match a recorded conversation; messages[{0}] is the first that differs"
+GOES_ON = " (the recorded conversation goes on with an assistant answer there)."
+NO_SUCH_ANSWER = " (no answer recorded there has this text)."
+
+
+@pytest.mark.parametrize(
+    "messages, explanation",
+    [
+        (user("Bonjour"), "this message: messages[0] already differs from every recorded conversation."),
+        ([*user("Hello!"), *user("Hello!")], "messages[0:1] " + AFTER.format(1) + GOES_ON),
+        ([*SYS, *user("3+3?")], "messages[0:2] " + AFTER.format(2) + GOES_ON),
+        ([*SYS, {"role": "assistant", "content": "5."}], "messages[0:2] " + AFTER.format(2) + NO_SUCH_ANSWER),
+        ([*CODE_TURN, {"role": "assistant", "content": "No."}], "messages[0:1] " + AFTER.format(1) + NO_SUCH_ANSWER),
+        ([*CODE_TALK[:2], *user("Thanks a lot!")], "messages[0:2] " + AFTER.format(2) + "."),
+        ([*CODE_TALK, {"role": "assistant", "content": "Sure."}], "messages[0:3] " + AFTER.format(3) + NO_SUCH_ANSWER),
+        ([*CODE_TALK, *user("More?")], "messages[0:3] " + AFTER.format(3) + GOES_ON),
+        ([*CODE_TALK[:1], {"role": "assistant", "content": "No."}, *CODE_TALK[2:]], "messages[0:1] " + AFTER.format(1) + NO_SUCH_ANSWER),
+        ([*SYS, {"role": "assistant", "content": "4."}], "messages[0:3] match a recorded conversation, but it has no assistant answer after them."),
+        (CODE_TALK[:2], "messages[0:2] match a recorded conversation, but it has no assistant answer after them."),
+        ([{"role": "system", "content": "Be verbose."}, *user("2+2?")], "messages[0] already differs from every recorded conversation."),
+    ],
+    ids=[
+        "first", "user-after-question", "user-after-system-question", "answer-differs", "first-answer-differs",
+        "user-after-answer", "later-answer-differs", "user-after-later-question", "differs-before-a-recorded-tail",
+        "stops-after-last-answer", "stops-after-answer-before-user", "system-differs",
+    ],
+)
+def test_a_miss_says_how_far_the_request_matched(client: openai.OpenAI, messages: list[dict[str, str]], explanation: str) -> None:
     with pytest.raises(openai.NotFoundError) as caught:
-        client.chat.completions.create(
-            model="gpt-4o", messages=[*CODE_TURN, {"role": "assistant", "content": CODE}, *user("Thanks a lot!")]  # type: ignore[list-item]
-        )
+        client.chat.completions.create(model="gpt-4o", messages=messages)  # type: ignore[arg-type]
     error = caught.value.body
-    assert isinstance(error, dict)
-    assert error["code"] == "conversation_not_found" and error["param"] == "messages"
+    assert isinstance(error, dict) and error["code"] == "conversation_not_found" and error["param"] == "messages"
     assert error["type"] == "invalid_request_error"
-    assert "messages[0:2] match a recorded conversation; messages[2] is the first that differs" in error["message"]
+    assert error["message"].startswith("No recorded conversation continues ")
+    assert error["message"].endswith(explanation)
+
+
+def test_a_miss_with_ignore_system_counts_every_message(index: Path) -> None:
+    with MockServer(index, ignore_system=True) as server:
+        response = httpx.post(
+            f"{server.base_url}/chat/completions",
+            json={"model": "m", "messages": [{"role": "system", "content": "Hi."}, *user("Hello!"), *user("Again?")]},
+        )
+    assert response.status_code == 404
+    assert response.json()["error"]["message"].endswith("messages[0:2] " + AFTER.format(2) + GOES_ON)
 
 
 def test_bad_request(client: openai.OpenAI) -> None:
@@ -277,11 +354,27 @@ def test_system_message_counts(client: openai.OpenAI) -> None:
         client.chat.completions.create(model="gpt-4o", messages=user("2+2?"))  # type: ignore[arg-type]
 
 
-def test_ignore_system(index: Path) -> None:
-    with MockServer(index, ignore_system=True) as server:
-        client = openai.OpenAI(base_url=server.base_url, api_key="test", max_retries=0)
-        messages = [{"role": "system", "content": "You are a helpful assistant."}, *user("Hello!")]
-        assert client.chat.completions.create(model="gpt-4o", messages=messages).choices[0].message.content == HELLOS[0]  # type: ignore[arg-type]
+def test_ignore_system(index: Path, server: MockServer) -> None:
+    plain = openai.OpenAI(base_url=server.base_url, api_key="test", max_retries=0)
+    recorded = plain.chat.completions.create(model="gpt-4o", messages=user("Hello!")).usage  # type: ignore[arg-type]
+    system = "You are a helpful assistant."
+    developer = "Answer in English."
+    with MockServer(index, ignore_system=True) as ignoring:
+        client = openai.OpenAI(base_url=ignoring.base_url, api_key="test", max_retries=0)
+        messages = [{"role": "system", "content": system}, *user("Hello!"), {"role": "developer", "content": developer}]
+        completion = client.chat.completions.create(model="gpt-4o", messages=messages)  # type: ignore[arg-type]
+        assert completion.choices[0].message.content == HELLOS[0]
+        # The prompt counted is the one sent, system and developer messages included.
+        sent = sum(3 + 1 + len(ENCODING.encode_ordinary(text)) for text in [system, developer])
+        assert recorded is not None and completion.usage is not None
+        assert completion.usage.prompt_tokens == recorded.prompt_tokens + sent
+        assert completion.usage.total_tokens == completion.usage.prompt_tokens + completion.usage.completion_tokens
+        streamed = list(client.chat.completions.create(
+            model="gpt-4o", messages=messages, stream=True, stream_options={"include_usage": True}  # type: ignore[arg-type]
+        ))
+        assert streamed[-1].usage is not None and streamed[-1].usage.prompt_tokens == completion.usage.prompt_tokens
+        without = client.chat.completions.create(model="gpt-4o", messages=user("Hello!")).usage  # type: ignore[arg-type]
+        assert without is not None and without.prompt_tokens == recorded.prompt_tokens
 
 
 def test_api_key(index: Path) -> None:
