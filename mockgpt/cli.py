@@ -1,9 +1,11 @@
-"""The ``mockgpt`` command: ``index``, ``lookup`` and ``serve``."""
+"""The ``mockgpt`` command: ``index``, ``lookup``, ``serve`` and ``export-requests``."""
 
 from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -39,12 +41,7 @@ def index(sources: tuple[str, ...], output: str | None, format: str | None, part
     from mockgpt.indexer import build
 
     output = output or default_output(sources[0])
-    total = sum(os.path.getsize(source) for source in sources)
-    show_progress = not quiet and sys.stderr.isatty()
-    with click.progressbar(length=total, label="indexing", file=sys.stderr, hidden=not show_progress) as bar:
-        def on_progress(done: int) -> None:
-            bar.update(done - bar.pos)
-
+    with _progress(_size(sources), "indexing", quiet=quiet) as on_progress:
         try:
             stats = build(
                 sources, output, format=format, partial=partial, jobs=jobs,
@@ -62,6 +59,28 @@ def index(sources: tuple[str, ...], output: str | None, format: str | None, part
         click.echo(f"  first skipped conversations: {', '.join(stats.skipped_ids)}")
     rate = stats.bytes_read / 1e6 / stats.seconds if stats.seconds else 0.0
     click.echo(f"  {stats.seconds:.1f} s, {rate:.1f} MB/s")
+
+
+@contextmanager
+def _progress(total: int, label: str, *, quiet: bool = False, heading: str | None = None) -> Iterator[Callable[[int], None]]:
+    """A bar on stderr for work on ``total`` bytes, yielding its ``on_progress(bytes_done)``.
+
+    Drawn, after a ``heading`` line if given, only on a terminal and without ``quiet``: a log or a pipe
+    gets nothing. The bar ends its line when the block exits, also on an error, so that the error's
+    message starts a line of its own.
+    """
+    shown = not quiet and sys.stderr.isatty()
+    if shown and heading:
+        click.echo(heading, err=True)
+    with click.progressbar(length=total, label=label, file=sys.stderr, hidden=not shown) as bar:
+        def on_progress(done: int) -> None:
+            bar.update(done - bar.pos)
+
+        yield on_progress
+
+
+def _size(sources: tuple[str, ...]) -> int:
+    return sum(os.path.getsize(source) for source in sources)
 
 
 class _Request(msgspec.Struct):
@@ -137,9 +156,15 @@ def serve(
         run(
             index_path, host=host, port=port, workers=workers, api_key=api_key, max_body=max_body,
             deterministic=deterministic, ignore_system=ignore_system, log_level=log_level, on_ready=ready,
+            progress=_indexing,
         )
     except (MockGPTError, OSError) as error:
         raise _failure(error, "`mockgpt index --partial`") from None
+
+
+def _indexing(source: Path, target: Path) -> AbstractContextManager[Callable[[int], None]]:
+    """``serve``'s progress while it indexes a dataset before serving."""
+    return _progress(source.stat().st_size, "indexing", heading=f"mockgpt: indexing {source} into {target}")
 
 
 def _failure(error: Exception, partial: str) -> click.ClickException:
@@ -157,12 +182,17 @@ def _failure(error: Exception, partial: str) -> click.ClickException:
 @click.option("--format", "format", type=click.Choice(["openai", "vllm"]), default="openai", show_default=True, help="openai: chat completion bodies; vllm: vLLM's custom benchmark dataset (one-message prompts).")
 @click.option("--walk", is_flag=True, help="Each conversation's turns in order, every request carrying the recorded answers before it.")
 @click.option("--model", default="gpt-4o", show_default=True, help="The model named in each request.")
-def export_requests(sources: tuple[str, ...], output: str, count: int | None, seed: int, format: str, walk: bool, model: str) -> None:
+@click.option("-q", "--quiet", is_flag=True, help="No progress and no summary.")
+def export_requests(
+    sources: tuple[str, ...], output: str, count: int | None, seed: int, format: str, walk: bool, model: str, quiet: bool
+) -> None:
     """Write requests that hit an index built from SOURCE..., for load tools."""
     from mockgpt.export import export
 
-    try:
-        written = export(sources, output, n=count, seed=seed, format=format, walk=walk, model=model)
-    except MockGPTError as error:
-        raise click.ClickException(str(error)) from None
-    click.echo(f"{output}: {written:,} requests")
+    with _progress(_size(sources), "exporting", quiet=quiet) as on_progress:
+        try:
+            written = export(sources, output, n=count, seed=seed, format=format, walk=walk, model=model, on_progress=on_progress)
+        except MockGPTError as error:
+            raise click.ClickException(str(error)) from None
+    if not quiet:
+        click.echo(f"{output}: {written:,} requests")

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 import random
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import NamedTuple
 
 import msgspec
@@ -30,19 +30,31 @@ class Turn(NamedTuple):
     answer: str
 
 
-def turns(sources: Sequence[str | os.PathLike[str]], *, partial: bool = True) -> Iterator[list[Turn]]:
+def turns(
+    sources: Sequence[str | os.PathLike[str]],
+    *,
+    partial: bool = True,
+    on_progress: Callable[[int], None] | None = None,
+) -> Iterator[list[Turn]]:
     """Each conversation's assistant turns with a message before them, in order, one list per conversation.
 
-    With ``partial``, a source cut off mid-way yields what came before the break.
+    With ``partial``, a source cut off mid-way yields what came before the break. ``on_progress`` is
+    called with the bytes read so far, of all sources together.
     """
+    done = 0
     for source in sources:
+        progress = None if on_progress is None else (lambda n, done=done: on_progress(done + n))
         try:
-            for item in dataset.read(source):
+            for item in dataset.read(source, on_progress=progress):
                 if isinstance(item, dataset.Conversation):
                     yield list(_turns(item))
         except DatasetError:
             if not partial:
                 raise
+        # The reader reports every few hundred conversations; the whole source counts once it is read.
+        done += os.path.getsize(source)
+        if on_progress is not None:
+            on_progress(done)
 
 
 def _turns(conversation: dataset.Conversation) -> Iterator[Turn]:
@@ -83,13 +95,15 @@ def export(
     format: str = "openai",
     walk: bool = False,
     model: str = "gpt-4o",
+    on_progress: Callable[[int], None] | None = None,
 ) -> int:
     """Write a request set to ``output`` (JSONL); returns how many requests it holds.
 
     ``openai``: chat completion bodies. ``vllm``: ``{"prompt", "output_tokens"}`` lines for vLLM's
     "custom" benchmark dataset, from the turns whose prompt is one user message (what vLLM sends).
+    ``on_progress`` is called with the bytes of ``sources`` read so far.
     """
-    conversations = turns(sources)
+    conversations = turns(sources, on_progress=on_progress)
     if format == "vllm":
         conversations = ([turn for turn in turns if _one_user_message(turn)] for turns in conversations)
     lines = (_line(turn, format, model) for turn in sample(conversations, n, seed, walk))

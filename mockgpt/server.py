@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import socket
 from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from importlib import resources
 from pathlib import Path
 
@@ -16,22 +17,27 @@ from mockgpt.app import Settings
 from mockgpt.errors import IndexFormatError
 from mockgpt.reader import Index
 
-__all__ = ["demo_index", "resolve_index", "serve"]
+__all__ = ["Progress", "demo_index", "resolve_index", "serve"]
 
 DATASET_SUFFIXES = (".json", ".jsonl")
 
+Progress = Callable[[Path, Path], AbstractContextManager[Callable[[int], None]]]
+"""Called with a dataset and the index about to be built from it: a context around the build that
+yields its ``on_progress(bytes_read)``; the context closes once the index is written or the build failed."""
 
-def resolve_index(index: str | os.PathLike[str] | None) -> Path:
+
+def resolve_index(index: str | os.PathLike[str] | None, *, progress: Progress | None = None) -> Path:
     """The index file to serve: ``index``, else ``$MOCKGPT_INDEX``, else the bundled demo.
 
-    A dataset (``.json``/``.jsonl``) is indexed first into ``.mgpt`` beside it, and again whenever it changes.
+    A dataset (``.json``/``.jsonl``) is indexed first into ``.mgpt`` beside it, and again whenever it
+    changes, reporting through ``progress``.
     """
     index = index or os.environ.get("MOCKGPT_INDEX") or None
     if index is None:
         return demo_index()
     path = Path(index)
     if path.suffix in DATASET_SUFFIXES:
-        return cached_index(path, path.with_suffix(".mgpt"))
+        return cached_index(path, path.with_suffix(".mgpt"), progress=progress)
     return path
 
 
@@ -43,7 +49,7 @@ def demo_index() -> Path:
         return cached_index(path, _cache_directory() / f"demo-{version}.mgpt")
 
 
-def cached_index(source: Path, target: Path) -> Path:
+def cached_index(source: Path, target: Path, *, progress: Progress | None = None) -> Path:
     """``target``, built from ``source`` unless it is newer than ``source`` and readable."""
     if target.exists() and target.stat().st_mtime >= source.stat().st_mtime:
         try:
@@ -54,7 +60,11 @@ def cached_index(source: Path, target: Path) -> Path:
     from mockgpt.indexer import build
 
     target.parent.mkdir(parents=True, exist_ok=True)
-    build([source], target)
+    reporting: AbstractContextManager[Callable[[int], None] | None] = (
+        nullcontext() if progress is None else progress(source, target)
+    )
+    with reporting as on_progress:
+        build([source], target, on_progress=on_progress)
     return target
 
 
@@ -75,12 +85,14 @@ def serve(
     ignore_system: bool = False,
     log_level: str = "warning",
     on_ready: Callable[[str, Index], None] | None = None,
+    progress: Progress | None = None,
 ) -> None:
     """Serve the OpenAI API from ``index`` until interrupted; port 0 binds any free port.
 
-    ``on_ready`` gets the base URL (``http://HOST:PORT/v1``) and the open index once the socket is bound.
+    ``on_ready`` gets the base URL (``http://HOST:PORT/v1``) and the open index once the socket is bound;
+    ``progress`` reports the indexing of a dataset first (see ``Progress``).
     """
-    path = resolve_index(index)
+    path = resolve_index(index, progress=progress)
     settings = Settings(
         index=str(path.resolve()), api_key=api_key, max_body=max_body, deterministic=deterministic, ignore_system=ignore_system
     )

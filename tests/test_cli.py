@@ -1,17 +1,26 @@
-"""``python -m mockgpt.index`` / ``mockgpt index`` and ``mockgpt lookup`` as a user runs them."""
+"""``python -m mockgpt.index`` / ``mockgpt index``, ``lookup``, and the progress of ``index``, ``serve`` and
+``export-requests``, as a user runs them."""
 
 from __future__ import annotations
 
 import json
+import os
+import pty
+import re
+import select
+import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
+from types import TracebackType
 
 import pytest
 from click.testing import CliRunner
 
 from mockgpt import Index
 from mockgpt.cli import main
+from mockgpt.testing import MockServer
 
 from .conftest import sharegpt, write_sharegpt
 
@@ -173,3 +182,175 @@ def test_lookup_refuses_a_foreign_index(tmp_path: Path) -> None:
     (tmp_path / "x.mgpt").write_bytes(b"\0" * 200)
     code, output = invoke("lookup", str(tmp_path / "x.mgpt"), input='[{"role": "user", "content": "hi"}]')
     assert code == 1 and "not a mockgpt index" in output
+
+
+# Progress. A bar is drawn only when stderr is a terminal, so these tests run the command under a
+# pseudo-terminal; the dataset is a few MB so that the bar moves between 0% and 100%.
+
+SYNTH = Path(__file__).resolve().parent.parent / "tools" / "synth_sharegpt.py"
+SERVING = "mockgpt: serving"
+
+
+def bar(label: str, percent: str = r"\d+") -> re.Pattern[str]:
+    return re.compile(rf"{label}\s+\[[# -]*\]\s+({percent})%")
+
+
+class Terminal:
+    """``python -m mockgpt ARGS`` with stdin, stdout and stderr on a pseudo-terminal; a context manager
+    that always ends the command."""
+
+    def __init__(self, *args: str) -> None:
+        primary, secondary = pty.openpty()
+        command = [sys.executable, "-m", "mockgpt", *args]
+        self.process = subprocess.Popen(command, stdin=secondary, stdout=secondary, stderr=secondary)
+        os.close(secondary)
+        self.primary = primary
+        self.received = b""
+
+    @property
+    def output(self) -> str:
+        return self.received.decode(errors="replace")
+
+    def read_until(self, text: str | None, timeout: float = 60) -> str:
+        """What the command printed until ``text`` appeared, or until it closed the terminal (``None``)."""
+        deadline = time.monotonic() + timeout
+        while text is None or text not in self.output:
+            left = deadline - time.monotonic()
+            assert left > 0, f"timed out waiting for {text!r}; printed: {self.output!r}"
+            if not select.select([self.primary], [], [], left)[0]:
+                continue
+            try:
+                chunk = os.read(self.primary, 1 << 16)
+            except OSError:  # EIO on Linux once every end of the terminal is closed
+                chunk = b""
+            if not chunk:
+                assert text is None, f"ended before {text!r}; printed: {self.output!r}"
+                break
+            self.received += chunk
+        return self.output
+
+    def __enter__(self) -> Terminal:
+        return self
+
+    def __exit__(
+        self, type: type[BaseException] | None, value: BaseException | None, traceback: TracebackType | None
+    ) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        os.close(self.primary)
+
+
+def on_terminal(*args: str) -> tuple[int, str]:
+    """Run ``mockgpt ARGS`` on a pseudo-terminal to its end: exit status and everything printed."""
+    with Terminal(*args) as terminal:
+        output = terminal.read_until(None)
+        return terminal.process.wait(30), output
+
+
+@pytest.fixture(scope="module")
+def synthetic(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("synth") / "synth.json"
+    subprocess.run([sys.executable, str(SYNTH), str(path), "--size", "8MB"], check=True, capture_output=True)
+    return path
+
+
+@pytest.fixture
+def dataset(synthetic: Path, tmp_path: Path) -> Path:
+    """A copy of the synthetic dataset with no index beside it yet."""
+    return Path(shutil.copy(synthetic, tmp_path / "chats.json"))
+
+
+def long_work(command: str, source: Path, tmp_path: Path) -> tuple[list[str], Path]:
+    """The arguments of ``mockgpt COMMAND`` on ``source``, and the file it writes."""
+    output = tmp_path / ("out.mgpt" if command == "index" else "out.jsonl")
+    return [command, str(source), "-o", str(output)], output
+
+
+LONG_WORK = [("index", "indexing", "assistant turns indexed"), ("export-requests", "exporting", "requests")]
+
+
+@pytest.mark.parametrize(("command", "label", "summary"), LONG_WORK)
+def test_progress_is_drawn_on_a_terminal(synthetic: Path, tmp_path: Path, command: str, label: str, summary: str) -> None:
+    args, _ = long_work(command, synthetic, tmp_path)
+    code, output = on_terminal(*args)
+    assert code == 0, output
+    percents = [int(match.group(1)) for match in bar(label).finditer(output)]
+    assert percents and percents[0] == 0 and percents[-1] == 100, output
+    # Drawn while the work went on, not only at its start and end.
+    assert any(0 < percent < 100 for percent in percents), output
+    assert summary in output
+
+
+@pytest.mark.parametrize(("command", "label", "summary"), LONG_WORK)
+def test_quiet_on_a_terminal_prints_nothing(synthetic: Path, tmp_path: Path, command: str, label: str, summary: str) -> None:
+    args, written = long_work(command, synthetic, tmp_path)
+    assert on_terminal(*args, "--quiet") == (0, "")
+    assert written.stat().st_size > 0
+
+
+@pytest.mark.parametrize(("command", "label", "summary"), LONG_WORK)
+def test_no_progress_off_a_terminal(synthetic: Path, tmp_path: Path, command: str, label: str, summary: str) -> None:
+    args, _ = long_work(command, synthetic, tmp_path)
+    result = subprocess.run([sys.executable, "-m", "mockgpt", *args], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert result.stderr == ""
+    assert label not in result.stdout and "%" not in result.stdout
+    assert summary in result.stdout
+
+
+def test_export_requests_of_a_cut_off_dataset_on_a_terminal(sharegpt_path: Path, tmp_path: Path) -> None:
+    """The real prefix ends mid-string: the requests before the break are written, and the bar ends full."""
+    code, output = on_terminal("export-requests", str(sharegpt_path), "-o", str(tmp_path / "out.jsonl"))
+    assert code == 0, output
+    assert [match.group(1) for match in bar("exporting").finditer(output)][-1] == "100"
+    assert "out.jsonl: 61,250 requests" in output
+    assert len((tmp_path / "out.jsonl").read_bytes().splitlines()) == 61_250
+
+
+def test_serve_shows_progress_while_it_indexes_a_dataset(dataset: Path) -> None:
+    index = dataset.with_suffix(".mgpt")
+    with Terminal("serve", "--index", str(dataset), "--port", "0") as terminal:
+        output = terminal.read_until(SERVING)
+    heading = output.index(f"mockgpt: indexing {dataset} into {index}")
+    drawn = list(bar("indexing").finditer(output))
+    assert drawn and heading < drawn[0].start(), output
+    assert drawn[-1].group(1) == "100" and drawn[-1].end() < output.index(SERVING), output
+    assert f"{SERVING} {index}" in output
+
+
+def test_serve_of_an_indexed_dataset_shows_no_progress(dataset: Path) -> None:
+    assert invoke("index", str(dataset), "--quiet") == (0, "")
+    with Terminal("serve", "--index", str(dataset), "--port", "0") as terminal:
+        output = terminal.read_until(SERVING)
+    assert "indexing" not in output
+
+
+def test_serve_indexes_quietly_off_a_terminal(dataset: Path) -> None:
+    with MockServer(dataset) as server:
+        assert "indexing" not in server.output and "%" not in server.output
+    assert dataset.with_suffix(".mgpt").exists()
+
+
+def test_serve_of_a_cut_off_dataset_fails_in_one_line(truncated: Path) -> None:
+    command = [sys.executable, "-m", "mockgpt", "serve", "--index", str(truncated), "--port", "0"]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=60)
+    assert (result.returncode, result.stdout) == (1, "")
+    (line,) = result.stderr.splitlines()
+    assert line.startswith(f"Error: {truncated}: invalid JSON before byte") and "mockgpt index --partial" in line
+    assert not truncated.with_suffix(".mgpt").exists()
+
+
+def test_serve_of_a_cut_off_dataset_on_a_terminal_ends_the_bar_then_fails(truncated: Path) -> None:
+    code, output = on_terminal("serve", "--index", str(truncated), "--port", "0")
+    assert code == 1
+    drawn = bar("indexing").search(output)
+    # The bar's line is ended, so that the error is a line of its own, the last.
+    error = re.search(r"\n(Error: [^\r\n]*)\s*$", output)
+    assert drawn and error and drawn.end() < error.start(), output
+    assert error.group(1).startswith(f"Error: {truncated}: invalid JSON") and "mockgpt index --partial" in error.group(1)
+    assert output.count("Error:") == 1 and SERVING not in output
