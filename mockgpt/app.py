@@ -14,11 +14,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
-import os
-import time
-from random import getrandbits
-from urllib.parse import quote
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, MutableMapping
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -31,13 +27,15 @@ from litestar.openapi import OpenAPIConfig, ResponseSpec
 from litestar.openapi.plugins import SwaggerRenderPlugin
 from litestar.response import Stream
 from litestar.static_files import create_static_files_router
-from xxhash import xxh3_128_hexdigest
 
-from mockgpt import render, replay, tokens
+from mockgpt import render
+from mockgpt.asgi import ASGIApp, Receive, Scope, Send, admissible, read_body, replayed
 from mockgpt.errors import APIError, AuthenticationFailed, BadRequest, MethodNotAllowed, NotFound, PayloadTooLarge
-from mockgpt.canonical import Message
 from mockgpt.reader import Index
-from mockgpt.records import Answer
+from mockgpt.metrics import Metrics
+from mockgpt.service import MODEL_CREATED, Reply, Service, Settings, random_id
+from mockgpt.shared import Local, Remote
+from mockgpt.traffic import Traffic
 from mockgpt.schema import (
     ChatCompletion,
     ChatCompletionRequest,
@@ -53,181 +51,43 @@ __all__ = ["FastChat", "Settings", "Service", "create_app"]
 
 logger = logging.getLogger("mockgpt")
 
-Scope = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
-Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
-ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
-
 MODELS = ["gpt-4o", "gpt-4o-mini", "gpt-4.1", "gpt-4.1-mini", "gpt-4-turbo", "gpt-3.5-turbo", "o3-mini", "mockgpt"]
-_MODEL_CREATED = 1_700_000_000
 _JSON = "application/json"
 _JSON_TYPE = (b"content-type", b"application/json")
 _YIELD_EVERY = 64
 
 
-class Settings(msgspec.Struct, kw_only=True):
-    """What ``mockgpt serve`` passes to each worker, through ``MOCKGPT_*`` environment variables."""
-
-    index: str
-    api_key: str | None = None
-    max_body: int = 32 << 20
-    deterministic: bool = False
-    ignore_system: bool = False
-
-    @classmethod
-    def from_env(cls) -> Settings:
-        env = os.environ
-        index = env.get("MOCKGPT_INDEX")
-        if not index:
-            raise RuntimeError("MOCKGPT_INDEX is not set; start the server with `mockgpt serve`")
-        return cls(
-            index=index,
-            api_key=env.get("MOCKGPT_API_KEY") or None,
-            max_body=int(env.get("MOCKGPT_MAX_BODY", 32 << 20)),
-            deterministic=env.get("MOCKGPT_DETERMINISTIC", "") in ("1", "true"),
-            ignore_system=env.get("MOCKGPT_IGNORE_SYSTEM", "") in ("1", "true"),
-        )
-
-    def to_env(self) -> dict[str, str]:
-        return {
-            "MOCKGPT_INDEX": self.index,
-            "MOCKGPT_API_KEY": self.api_key or "",
-            "MOCKGPT_MAX_BODY": str(self.max_body),
-            "MOCKGPT_DETERMINISTIC": "1" if self.deterministic else "",
-            "MOCKGPT_IGNORE_SYSTEM": "1" if self.ignore_system else "",
-        }
-
-
-class Reply(msgspec.Struct, gc=False):
-    """A rendered hit: a JSON body or SSE frames, and the headers that name the recorded turn."""
-
-    # As ASGI sends them: lowercase names and values, in bytes.
-    headers: list[tuple[bytes, bytes]]
-    body: bytes = b""
-    frames: Iterator[bytes] | None = None
-
-
-class Service:
-    """Answers decoded requests from the index: the part of the app that HTTP does not touch."""
-
-    def __init__(self, settings: Settings) -> None:
-        self.settings = settings
-        self.index = Index(settings.index)
-        self.replayer = replay.Replayer(self.index, ignore_system=settings.ignore_system)
-        self.fingerprint = self.index.fingerprint
-
-    def chat(self, request: ChatCompletionRequest) -> Reply:
-        record = self.replayer.find(request.messages)
-        # The key left the request's system messages out, but its prompt holds them: count what was sent.
-        sent = self.replayer.system_tokens(request.messages) if self.settings.ignore_system else 0
-        if self._whole_answer(request):
-            answer = self.replayer.choose(record, 1, request.seed, sent)[0]
-            request_id = _random_id()
-            id, created = "chatcmpl-" + request_id[:29], int(time.time())
-            body = render.chat_completion_whole(id, created, request.model, self.fingerprint, answer)
-            return Reply(_headers(answer, request_id), body)
-        max_tokens = request.max_completion_tokens or request.max_tokens
-        answers = self.replayer.choose(record, request.n or 1, request.seed, sent)
-        cuts = [replay.cut(answer, max_tokens, request.stop) for answer in answers]
-        id, created, headers = self._identity("chatcmpl-", request, cuts)
-        if request.stream:
-            include_usage = bool(request.stream_options and request.stream_options.include_usage)
-            frames = render.chat_chunks(id, created, request.model, self.fingerprint, cuts, include_usage)
-            return Reply(headers, frames=frames)
-        return Reply(headers, render.chat_completion(id, created, request.model, self.fingerprint, cuts))
-
-    def _whole_answer(self, request: ChatCompletionRequest) -> bool:
-        """Whether the reply is one whole answer, not streamed, with a random id: most requests. They take
-        a shorter path, as what the server does per request is a large share of its time."""
-        return (
-            not request.stream and (request.n or 1) == 1 and request.max_tokens is None
-            and request.max_completion_tokens is None and not request.stop and not self.settings.deterministic
-        )
-
-    def completion(self, request: CompletionRequest) -> Reply:
-        prompts = [request.prompt] if isinstance(request.prompt, str) else request.prompt
-        cuts = []
-        prompt_tokens = 0
-        for prompt in prompts:
-            record = self.replayer.find([Message("user", prompt)])
-            answers = self.replayer.choose(record, request.n or 1, request.seed)
-            cuts += [replay.cut(answer, request.max_tokens, request.stop) for answer in answers]
-            prompt_tokens += tokens.text_prompt_tokens(answers[0].prompt_tokens)
-        id, created, headers = self._identity("cmpl-", request, cuts)
-        if request.stream:
-            include_usage = bool(request.stream_options and request.stream_options.include_usage)
-            frames = render.completion_chunks(id, created, request.model, self.fingerprint, cuts, prompt_tokens, include_usage)
-            return Reply(headers, frames=frames)
-        return Reply(headers, render.completion(id, created, request.model, self.fingerprint, cuts, prompt_tokens))
-
-    def _identity(
-        self, prefix: str, request: msgspec.Struct, cuts: list[replay.Cut]
-    ) -> tuple[str, int, list[tuple[bytes, bytes]]]:
-        """The response's id, created time and headers; derived from request and answers if deterministic."""
-        first = cuts[0].answer
-        if self.settings.deterministic:
-            seen = [(cut.answer.conversation_id, cut.answer.turn, cut.end) for cut in cuts]
-            digest = xxh3_128_hexdigest(msgspec.msgpack.encode((request, seen)))
-            id, created, request_id = digest[:29], _MODEL_CREATED + int(digest[:6], 16), digest
-        else:
-            request_id = _random_id()
-            id, created = request_id[:29], int(time.time())
-        return prefix + id, created, _headers(first, request_id)
-
-
-def _random_id() -> str:
-    """Random enough to tell responses apart, and no system call per request."""
-    return f"{getrandbits(128):032x}"
-
-
-def _headers(answer: Answer, request_id: str) -> list[tuple[bytes, bytes]]:
-    """The headers that name the recorded turn, and the request id."""
-    return [
-        (b"x-mockgpt-conversation-id", _header_value(answer.conversation_id)),
-        (b"x-mockgpt-turn", b"%d" % answer.turn),
-        (b"x-request-id", b"req_" + request_id.encode()),
-    ]
-
-
-def _header_value(text: str) -> bytes:
-    """``text`` as is if it can be a header value, else percent-encoded."""
-    return (text if text.isascii() and text.isprintable() else quote(text, safe="")).encode()
-
-
 class FastChat:
-    """Answers non-streamed chat completion hits itself; passes everything else to ``app``."""
+    """Answers non-streamed chat completion hits itself; passes completion requests that carry an
+    ``x-mockgpt-`` header to ``traffic``, and everything else to ``app``."""
 
     paths = frozenset({"/v1/chat/completions", "/chat/completions"})
+    answered = paths | {"/v1/completions", "/completions"}
 
-    def __init__(self, app: ASGIApp, service: Service) -> None:
+    def __init__(self, app: ASGIApp, service: Service, traffic: ASGIApp) -> None:
         self.app = app
         self.service = service
+        self.traffic = traffic
         self._decode = msgspec.json.Decoder(ChatCompletionRequest).decode
         api_key = service.settings.api_key
         self._authorization = None if api_key is None else f"Bearer {api_key}".encode()
         self._max_body = service.settings.max_body
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["method"] != "POST" or scope["path"] not in self.paths:
+        if scope["type"] != "http" or scope["method"] != "POST" or scope["path"] not in self.answered:
             await self.app(scope, receive, send)
             return
-        length = -1
-        authorized = self._authorization is None
-        for name, value in scope["headers"]:
-            if name == b"content-length":
-                length = int(value) if value.isdigit() else -1
-            elif name == b"authorization":
-                authorized = authorized or value == self._authorization
-        if not authorized or length < 0 or length > self._max_body:
+        admitted, asked = admissible(scope, self._authorization, self._max_body)
+        if admitted and asked:
+            await self.traffic(scope, receive, send)
+            return
+        if not admitted or scope["path"] not in self.paths:
             await self.app(scope, receive, send)
             return
-        message = await receive()
-        body = message.get("body", b"")
-        if message.get("more_body", False):
-            body = await _read_rest(body, receive)
+        body = await read_body(receive)
         reply = self._answer(body)
         if reply is None:
-            await self.app(scope, _replay(body, receive), send)
+            await self.app(scope, replayed(body, receive), send)
             return
         headers = [_JSON_TYPE, (b"content-length", str(len(reply.body)).encode()), *reply.headers]
         await send({"type": "http.response.start", "status": 200, "headers": headers})
@@ -242,29 +102,6 @@ class FastChat:
             return self.service.chat(request)
         except Exception:
             return None
-
-
-async def _read_rest(first: bytes, receive: Receive) -> bytes:
-    chunks = [first]
-    more = True
-    while more:
-        message = await receive()
-        chunks.append(message.get("body", b""))
-        more = message.get("more_body", False)
-    return b"".join(chunks)
-
-
-def _replay(body: bytes, receive: Receive) -> Receive:
-    sent = False
-
-    async def replayed() -> Any:
-        nonlocal sent
-        if sent:
-            return await receive()
-        sent = True
-        return {"type": "http.request", "body": body, "more_body": False}
-
-    return replayed
 
 
 # Routes
@@ -384,7 +221,7 @@ async def retrieve_model(model_id: str) -> Model:
 
 
 def _model(name: str) -> Model:
-    return Model(id=name, created=_MODEL_CREATED, owned_by="mockgpt")
+    return Model(id=name, created=MODEL_CREATED, owned_by="mockgpt")
 
 
 @get("/health", summary="The index being served")
@@ -407,7 +244,7 @@ async def health(request: Request[Any, Any, Any]) -> Health:
 
 
 def _error_response(status: int, body: bytes) -> Response[bytes]:
-    return Response(body, status_code=status, media_type=_JSON, headers={"x-request-id": "req_" + _random_id()})
+    return Response(body, status_code=status, media_type=_JSON, headers={"x-request-id": "req_" + random_id()})
 
 
 def _api_error(request: Request[Any, Any, Any], error: APIError) -> Response[bytes]:
@@ -479,9 +316,17 @@ def create_app(settings: Settings | None = None) -> ASGIApp:
         ),
         debug=False,
     )
+    traffic = _traffic(app, service)  # type: ignore[arg-type]
     # Everything built so far lives as long as the process: keep the collector from walking it again and again.
     gc.freeze()
-    return FastChat(app, service)  # type: ignore[arg-type]
+    return traffic if settings.busy else FastChat(app, service, traffic)  # type: ignore[arg-type]
+
+
+def _traffic(app: ASGIApp, service: Service) -> Traffic:
+    """The busy-server layer: its state shared with the other workers through the coordinator, if any."""
+    settings = service.settings
+    state = Remote(settings.state) if settings.state else Local(settings.limits)
+    return Traffic(app, service, state, Metrics() if settings.metrics else None)
 
 
 def _state(service: Service) -> Any:

@@ -140,9 +140,23 @@ def _request_messages(body: bytes) -> list[canonical.Message]:
 @click.option("--deterministic", envvar="MOCKGPT_DETERMINISTIC", is_flag=True, help="Derive ids and created times from the request and the answer.")
 @click.option("--ignore-system", envvar="MOCKGPT_IGNORE_SYSTEM", is_flag=True, help="Leave system and developer messages out of the key.")
 @click.option("--log-level", envvar="MOCKGPT_LOG_LEVEL", default="warning", show_default=True, type=click.Choice(["critical", "error", "warning", "info", "debug"]), help="uvicorn's log level.")
+@click.option("--ttft-ms", envvar="MOCKGPT_TTFT_MS", default=0.0, show_default=True, type=click.FloatRange(min=0), help="Time to first token, in ms.")
+@click.option("--itl-ms", envvar="MOCKGPT_ITL_MS", default=0.0, show_default=True, type=click.FloatRange(min=0), help="Time between streamed tokens, in ms.")
+@click.option("--tokens-per-second", envvar="MOCKGPT_TOKENS_PER_SECOND", type=click.FloatRange(min=0, min_open=True), help="The same as --itl-ms 1000/N.")
+@click.option("--prefill-ms-per-1k", envvar="MOCKGPT_PREFILL_MS_PER_1K", default=0.0, show_default=True, type=click.FloatRange(min=0), help="Time to first token added per 1,000 prompt tokens, in ms.")
+@click.option("--jitter", envvar="MOCKGPT_JITTER", default=0.0, show_default=True, type=click.FloatRange(0, 1), help="Spread every wait by up to this share of itself.")
+@click.option("--seed", envvar="MOCKGPT_SEED", type=int, help="Seed of jitter and random faults, to repeat a run.  [default: random]")
+@click.option("--max-concurrency", envvar="MOCKGPT_MAX_CONCURRENCY", type=click.IntRange(min=1), help="Answers in progress at once, server-wide; later requests wait in order.  [default: no limit]")
+@click.option("--max-queue", envvar="MOCKGPT_MAX_QUEUE", type=click.IntRange(min=0), help="Requests waiting for an answer slot before more are turned away.  [default: no limit]")
+@click.option("--overload-status", envvar="MOCKGPT_OVERLOAD_STATUS", default="429", show_default=True, type=click.Choice(["429", "503"]), help="Status of a request turned away by --max-queue.")
+@click.option("--rpm", envvar="MOCKGPT_RPM", type=click.IntRange(min=1), help="Requests per minute per API key, server-wide.  [default: no limit]")
+@click.option("--tpm", envvar="MOCKGPT_TPM", type=click.IntRange(min=1), help="Tokens per minute per API key (prompt + max_tokens or the answer), server-wide.  [default: no limit]")
+@click.option("--fault-rate", envvar="MOCKGPT_FAULT_RATE", default=0.0, show_default=True, type=click.FloatRange(0, 1), help="Share of requests that fail at random.")
+@click.option("--fault-status", envvar="MOCKGPT_FAULT_STATUS", default="429,500,503", show_default=True, help="Statuses random faults draw from, comma-separated.")
+@click.option("--metrics", envvar="MOCKGPT_METRICS", is_flag=True, help="Count and time requests; GET /metrics serves Prometheus text.")
 def serve(
-    index_path: str | None, host: str, port: int, workers: int, api_key: str | None, max_body: int,
-    deterministic: bool, ignore_system: bool, log_level: str,
+    index_path: str | None, host: str, port: int, workers: int, log_level: str, tokens_per_second: float | None,
+    overload_status: str, fault_status: str, **options: Any,
 ) -> None:
     """Serve the OpenAI API from an index."""
     from mockgpt.reader import Index
@@ -152,11 +166,18 @@ def serve(
         click.echo(f"mockgpt: serving {index.path} ({index.header.answers:,} answers) on {base_url}")
         sys.stdout.flush()
 
+    if tokens_per_second:
+        options["itl_ms"] = 1000 / tokens_per_second
+    try:
+        statuses = [int(status) for status in fault_status.split(",")]
+    except ValueError:
+        statuses = []
+    if not statuses or not all(400 <= status <= 599 for status in statuses):
+        raise click.BadParameter(f"{fault_status!r} is not a list of statuses from 400 to 599", param_hint="--fault-status")
     try:
         run(
-            index_path, host=host, port=port, workers=workers, api_key=api_key, max_body=max_body,
-            deterministic=deterministic, ignore_system=ignore_system, log_level=log_level, on_ready=ready,
-            progress=_indexing,
+            index_path, host=host, port=port, workers=workers, log_level=log_level, on_ready=ready, progress=_indexing,
+            overload_status=int(overload_status), fault_status=statuses, **options,
         )
     except (MockGPTError, OSError) as error:
         raise _failure(error, "`mockgpt index --partial`") from None

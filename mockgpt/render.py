@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from itertools import chain, repeat
 
 import msgspec
 
@@ -97,50 +96,55 @@ def chat_completion_whole(id: str, created: int, model: str, fingerprint: str, a
     )
 
 
-def _in_token_order(cuts: Sequence[replay.Cut]) -> Iterator[tuple[int, str | None]]:
-    """(choice, piece) as a server generating the choices together sends them: every choice's first
-    token, then every choice's second, ...; a choice's piece is None once it has no more."""
-    if len(cuts) == 1:
-        return zip(repeat(0), chain(replay.pieces(cuts[0]), (None,)))
-    return _round_robin(cuts)
-
-
-def _round_robin(cuts: Sequence[replay.Cut]) -> Iterator[tuple[int, str | None]]:
-    going = [(i, replay.pieces(cut)) for i, cut in enumerate(cuts)]
+def _steps(cuts: Sequence[replay.Cut]) -> Iterator[list[tuple[int, str | None, bool]]]:
+    """The generation steps of ``cuts``, as a server writing the choices together sends them: in each, every
+    choice still going writes its next piece, (choice, piece, is it the choice's last); an answer with no
+    text has one step with no piece."""
+    going = []
+    for i, cut in enumerate(cuts):
+        pieces = replay.pieces(cut)
+        going.append((i, pieces, next(pieces, None)))
     while going:
-        still = []
-        for i, pieces in going:
-            piece = next(pieces, None)
-            yield i, piece
-            if piece is not None:
-                still.append((i, pieces))
+        step = []
+        still: list[tuple[int, Iterator[str], str | None]] = []
+        for i, pieces, piece in going:
+            following = next(pieces, None)
+            step.append((i, piece, following is None))
+            if following is not None:
+                still.append((i, pieces, following))
+        yield step
         going = still
 
 
 def chat_chunks(
     id: str, created: int, model: str, fingerprint: str, cuts: Sequence[replay.Cut], include_usage: bool
 ) -> Iterator[bytes]:
-    """The frames of a streamed chat completion, ``data: [DONE]`` last."""
+    """The frames of a streamed chat completion, one item per generation step (see ``_steps``): the first
+    also holds each choice's role chunk, the last its finish, the usage chunk if asked and ``data: [DONE]``."""
     chunk = ChatCompletionChunkWithUsage if include_usage else ChatCompletionChunk
 
-    def frame(choices: list[ChunkChoice]) -> bytes:
-        response = chunk(id=id, created=created, model=model, choices=choices, system_fingerprint=fingerprint)
+    def frame(choice: ChunkChoice) -> bytes:
+        response = chunk(id=id, created=created, model=model, choices=[choice], system_fingerprint=fingerprint)
         return b"data: " + _encode(response) + b"\n\n"
 
-    for i in range(len(cuts)):
-        yield frame([ChunkChoice(index=i, delta=FirstDelta())])
-    for i, piece in _in_token_order(cuts):
-        if piece is None:
-            yield frame([ChunkChoice(index=i, delta=Delta(), finish_reason=cuts[i].finish_reason)])  # type: ignore[arg-type]
-        else:
-            yield frame([ChunkChoice(index=i, delta=Delta(content=piece))])
+    frames = [frame(ChunkChoice(index=i, delta=FirstDelta())) for i in range(len(cuts))]
+    for number, step in enumerate(_steps(cuts)):
+        if number:
+            yield b"".join(frames)
+            frames = []
+        for i, piece, last in step:
+            if piece is not None:
+                frames.append(frame(ChunkChoice(index=i, delta=Delta(content=piece))))
+            if last:
+                frames.append(frame(ChunkChoice(index=i, delta=Delta(), finish_reason=cuts[i].finish_reason)))  # type: ignore[arg-type]
     if include_usage:
-        last = ChatCompletionChunkWithUsage(
+        last_chunk = ChatCompletionChunkWithUsage(
             id=id, created=created, model=model, choices=[], usage=usage(cuts[0].answer.prompt_tokens, cuts),
             system_fingerprint=fingerprint,
         )
-        yield b"data: " + _encode(last) + b"\n\n"
-    yield DONE
+        frames.append(b"data: " + _encode(last_chunk) + b"\n\n")
+    frames.append(DONE)
+    yield b"".join(frames)
 
 
 def completion(id: str, created: int, model: str, fingerprint: str, cuts: Sequence[replay.Cut], prompt_tokens: int) -> bytes:
@@ -151,21 +155,27 @@ def completion(id: str, created: int, model: str, fingerprint: str, cuts: Sequen
 def completion_chunks(
     id: str, created: int, model: str, fingerprint: str, cuts: Sequence[replay.Cut], prompt_tokens: int, include_usage: bool
 ) -> Iterator[bytes]:
-    """The frames of a streamed legacy completion, ``data: [DONE]`` last."""
+    """The frames of a streamed legacy completion, one item per generation step as ``chat_chunks``."""
     chunk = Completion if include_usage else CompletionChunk
 
     def frame(choice: CompletionChoice) -> bytes:
         response = chunk(id=id, created=created, model=model, choices=[choice], system_fingerprint=fingerprint)
         return b"data: " + _encode(response) + b"\n\n"
 
-    for i, piece in _in_token_order(cuts):
-        if piece is None:
-            yield frame(CompletionChoice(text="", index=i, finish_reason=cuts[i].finish_reason))  # type: ignore[arg-type]
-        else:
-            yield frame(CompletionChoice(text=piece, index=i, finish_reason=None))
+    frames: list[bytes] = []
+    for number, step in enumerate(_steps(cuts)):
+        if number:
+            yield b"".join(frames)
+            frames = []
+        for i, piece, last in step:
+            if piece is not None:
+                frames.append(frame(CompletionChoice(text=piece, index=i, finish_reason=None)))
+            if last:
+                frames.append(frame(CompletionChoice(text="", index=i, finish_reason=cuts[i].finish_reason)))  # type: ignore[arg-type]
     if include_usage:
-        last = Completion(
+        last_chunk = Completion(
             id=id, created=created, model=model, choices=[], usage=usage(prompt_tokens, cuts), system_fingerprint=fingerprint
         )
-        yield b"data: " + _encode(last) + b"\n\n"
-    yield DONE
+        frames.append(b"data: " + _encode(last_chunk) + b"\n\n")
+    frames.append(DONE)
+    yield b"".join(frames)

@@ -4,18 +4,23 @@ from __future__ import annotations
 
 import os
 import socket
+import tempfile
 from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
 from importlib import resources
 from pathlib import Path
+from typing import Any
 
+import msgspec
 import uvicorn
 from uvicorn.supervisors import Multiprocess
 from xxhash import xxh3_64_hexdigest
 
-from mockgpt.app import Settings
+from mockgpt import metrics
 from mockgpt.errors import IndexFormatError
 from mockgpt.reader import Index
+from mockgpt.service import Settings
+from mockgpt.shared import Coordinator
 
 __all__ = ["Progress", "demo_index", "resolve_index", "serve"]
 
@@ -79,38 +84,51 @@ def serve(
     host: str = "127.0.0.1",
     port: int = 8000,
     workers: int = 1,
-    api_key: str | None = None,
-    max_body: int = 32 << 20,
-    deterministic: bool = False,
-    ignore_system: bool = False,
     log_level: str = "warning",
     on_ready: Callable[[str, Index], None] | None = None,
     progress: Progress | None = None,
+    **settings: Any,
 ) -> None:
     """Serve the OpenAI API from ``index`` until interrupted; port 0 binds any free port.
 
+    ``settings`` are the fields of ``Settings`` but ``index``: ``api_key``, ``ttft_ms``, ``rpm``, ...
     ``on_ready`` gets the base URL (``http://HOST:PORT/v1``) and the open index once the socket is bound;
     ``progress`` reports the indexing of a dataset first (see ``Progress``).
     """
     path = resolve_index(index, progress=progress)
-    settings = Settings(
-        index=str(path.resolve()), api_key=api_key, max_body=max_body, deterministic=deterministic, ignore_system=ignore_system
-    )
+    options = Settings(index=str(path.resolve()), **settings)
+    with tempfile.TemporaryDirectory(prefix="mockgpt-") as run:
+        if options.metrics:
+            metrics.prepare(Path(run) / "metrics")
+        # Several workers keep what must hold server-wide (limits, fault keys) in one coordinator, here.
+        coordinator = Coordinator(options.limits, str(Path(run) / "shared.sock")) if workers > 1 else None
+        if coordinator is not None:
+            coordinator.start()
+            options = msgspec.structs.replace(options, state=coordinator.path)
+        try:
+            _run(options, host, port, workers, log_level, on_ready)
+        finally:
+            if coordinator is not None:
+                coordinator.stop()
+
+
+def _run(
+    settings: Settings, host: str, port: int, workers: int, log_level: str, on_ready: Callable[[str, Index], None] | None
+) -> None:
     # Workers build their app from the environment (uvicorn needs an import string for several workers).
     os.environ.update(settings.to_env())
     sock = _bind(host, port)
     port = sock.getsockname()[1]
-    with Index(path) as opened:
+    with Index(settings.index) as opened:
         if on_ready is not None:
             on_ready(f"http://{host if ':' not in host else f'[{host}]'}:{port}/v1", opened)
     config = uvicorn.Config(
         "mockgpt.app:create_app", factory=True, host=host, port=port, workers=workers, log_level=log_level, access_log=False
     )
-    server = uvicorn.Server(config)
     if workers > 1:
         Multiprocess(config, sockets=[sock]).run()
     else:
-        server.run(sockets=[sock])
+        uvicorn.Server(config).run(sockets=[sock])
 
 
 def _bind(host: str, port: int) -> socket.socket:

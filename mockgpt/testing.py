@@ -36,7 +36,7 @@ class ServerError(MockGPTError):
 class MockServer:
     """``mockgpt serve`` on a free loopback port, in a child process; a context manager.
 
-    ``options`` are ``serve``'s: ``workers``, ``api_key``, ``max_body``, ``deterministic``, ``ignore_system``.
+    ``options`` are ``mockgpt serve``'s, by their Python names: ``workers``, ``api_key``, ``ttft_ms``, ``rpm``, ...
     """
 
     def __init__(self, index: str | os.PathLike[str] | None = None, *, timeout: float = 120.0, **options: object) -> None:
@@ -65,7 +65,7 @@ class MockServer:
             flag = "--" + name.replace("_", "-")
             if value is True:
                 command.append(flag)
-            elif value not in (None, False):
+            elif value is not None and value is not False:
                 command += [flag, str(value)]
         self._process = subprocess.Popen(
             command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, text=True

@@ -17,6 +17,8 @@ def test_the_app_does_not_import_the_indexer() -> None:
     modules = loaded("mockgpt.app")
     assert "litestar" in modules
     assert not {"ijson", "mockgpt.dataset", "mockgpt.writer", "mockgpt.indexer", "bpe_openai"} & modules
+    # Metrics are an option: without it, their library is never loaded.
+    assert "prometheus_client" not in modules
 
 
 @pytest.mark.parametrize("module", ["mockgpt.indexer", "mockgpt.index"])

@@ -153,23 +153,29 @@ def test_n_streams_interleave_in_token_order(server: MockServer, path: str) -> N
     body = {"model": "gpt-4o", "stream": True, "n": 3, **({"messages": user("Hello!")} if chat else {"prompt": "Hello!"})}
     events = [line.removeprefix("data: ") for line in httpx.post(server.base_url + path, json=body).text.split("\n\n") if line]
     chunks = [json.loads(event) for event in events[:-1]]
-    order = [chunk["choices"][0]["index"] for chunk in chunks]
     pieces: list[list[str]] = [[], [], []]
-    finished = []
+    order = []
     for chunk in chunks[3:] if chat else chunks:
         (choice,) = chunk["choices"]
+        i = choice["index"]
         if choice["finish_reason"]:
-            finished.append(choice["index"])
+            order.append(-1 - i)
         else:
-            pieces[choice["index"]].append(choice["delta"]["content"] if chat else choice["text"])
+            order.append(i)
+            pieces[i].append(choice["delta"]["content"] if chat else choice["text"])
     assert ["".join(p) for p in pieces] == HELLOS
     if chat:
-        assert order[:3] == [0, 1, 2] and all(c["choices"][0]["delta"]["role"] == "assistant" for c in chunks[:3])
-        order = order[3:]
-    # Round after round, every choice still going sends its next token; a choice's finish takes its place.
-    shortest = min(len(p) for p in pieces)
-    assert order[: 3 * shortest] == [0, 1, 2] * shortest
-    assert sorted(finished) == [0, 1, 2] and len(order) == sum(len(p) for p in pieces) + 3
+        assert [c["choices"][0]["index"] for c in chunks[:3]] == [0, 1, 2]
+        assert all(c["choices"][0]["delta"]["role"] == "assistant" for c in chunks[:3])
+    # Step after step, every choice still going sends its next token, and its finish after the last.
+    expected = []
+    for step in range(max(len(p) for p in pieces)):
+        for i, p in enumerate(pieces):
+            if step < len(p):
+                expected.append(i)
+            if step == len(p) - 1:
+                expected.append(-1 - i)
+    assert order == expected
 
 
 def test_every_response_names_the_index_build(server: MockServer, index: Path) -> None:

@@ -1,0 +1,59 @@
+"""ASGI, as mockgpt's layers in front of the app speak it: the callable types and the request body."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Any
+
+__all__ = ["ASGIApp", "Receive", "Scope", "Send", "admissible", "read_body", "replayed"]
+
+Scope = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
+Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+
+async def read_body(receive: Receive) -> bytes:
+    """The whole request body."""
+    message = await receive()
+    body: bytes = message.get("body", b"")
+    if not message.get("more_body", False):
+        return body
+    chunks = [body]
+    more = True
+    while more:
+        message = await receive()
+        chunks.append(message.get("body", b""))
+        more = message.get("more_body", False)
+    return b"".join(chunks)
+
+
+def replayed(body: bytes, receive: Receive) -> Receive:
+    """``receive`` that gives ``body`` again, read already, then what ``receive`` gives."""
+    sent = False
+
+    async def replay() -> Any:
+        nonlocal sent
+        if sent:
+            return await receive()
+        sent = True
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    return replay
+
+
+def admissible(scope: Scope, authorization: bytes | None, max_body: int) -> tuple[bool, bool]:
+    """Whether a request can be answered without the app's checks (``authorization`` matches, if required,
+    and a declared body length is within ``max_body``); and whether it asks for faults or timing of its
+    own with an ``x-mockgpt-`` header."""
+    length = -1
+    authorized = authorization is None
+    asked = False
+    for name, value in scope["headers"]:
+        if name == b"content-length":
+            length = int(value) if value.isdigit() else -1
+        elif name == b"authorization":
+            authorized = authorized or value == authorization
+        elif name.startswith(b"x-mockgpt-"):
+            asked = True
+    return authorized and 0 <= length <= max_body, asked

@@ -1,0 +1,209 @@
+"""Answers from the index, before HTTP: the settings a worker serves with, and what it replies to a request."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Iterator
+from random import getrandbits
+from urllib.parse import quote
+
+import msgspec
+from xxhash import xxh3_128_hexdigest
+
+from mockgpt import render, replay, tokens
+from mockgpt.canonical import Message
+from mockgpt.pacing import Timing
+from mockgpt.reader import Index
+from mockgpt.records import Answer
+from mockgpt.schema import ChatCompletionRequest, CompletionRequest
+from mockgpt.shared import Limits
+
+__all__ = ["MODEL_CREATED", "Reply", "Service", "Settings", "random_id"]
+
+MODEL_CREATED = 1_700_000_000
+
+
+class Settings(msgspec.Struct, kw_only=True):
+    """What ``mockgpt serve`` passes to each worker, through ``MOCKGPT_*`` environment variables.
+
+    Each field is the variable of its name in capitals (``fault_status`` -> ``MOCKGPT_FAULT_STATUS``);
+    an empty variable is the default, a list is comma-separated, a flag is ``1`` or ``true``.
+    """
+
+    index: str
+    api_key: str | None = None
+    max_body: int = 32 << 20
+    deterministic: bool = False
+    ignore_system: bool = False
+    # Pacing (pacing.py).
+    ttft_ms: float = 0.0
+    itl_ms: float = 0.0
+    prefill_ms_per_1k: float = 0.0
+    jitter: float = 0.0
+    seed: int | None = None
+    # Capacity and rate limits, for the server as a whole (shared.py).
+    max_concurrency: int | None = None
+    max_queue: int | None = None
+    overload_status: int = 429
+    rpm: int | None = None
+    tpm: int | None = None
+    # Faults at random (faults.py); by header they need no option.
+    fault_rate: float = 0.0
+    fault_status: list[int] = msgspec.field(default_factory=lambda: [429, 500, 503])
+    metrics: bool = False
+    # The Unix socket of the coordinator that keeps the shared state of several workers.
+    state: str | None = None
+
+    @classmethod
+    def from_env(cls) -> Settings:
+        env = os.environ
+        if not env.get("MOCKGPT_INDEX"):
+            raise RuntimeError("MOCKGPT_INDEX is not set; start the server with `mockgpt serve`")
+        values: dict[str, object] = {}
+        for field in msgspec.structs.fields(cls):
+            value = env.get(f"MOCKGPT_{field.name.upper()}", "")
+            if value:
+                values[field.name] = value.split(",") if field.name == "fault_status" else value
+        return msgspec.convert(values, cls, strict=False)
+
+    def to_env(self) -> dict[str, str]:
+        env = {}
+        for name, value in msgspec.structs.asdict(self).items():
+            if isinstance(value, list):
+                value = ",".join(map(str, value))
+            elif isinstance(value, bool):
+                value = "1" if value else ""
+            env[f"MOCKGPT_{name.upper()}"] = "" if value is None else str(value)
+        return env
+
+    @property
+    def timing(self) -> Timing:
+        return Timing(
+            ttft_ms=self.ttft_ms, itl_ms=self.itl_ms, prefill_ms_per_1k=self.prefill_ms_per_1k, jitter=self.jitter, seed=self.seed
+        )
+
+    @property
+    def limits(self) -> Limits:
+        return Limits(max_concurrency=self.max_concurrency, max_queue=self.max_queue, rpm=self.rpm, tpm=self.tpm)
+
+    @property
+    def busy(self) -> bool:
+        """Whether any option makes the server behave as a busy one: pacing, limits, random faults, metrics."""
+        return bool(
+            self.ttft_ms or self.itl_ms or self.prefill_ms_per_1k or self.max_concurrency or self.rpm or self.tpm
+            or self.fault_rate or self.metrics
+        )
+
+
+class Reply(msgspec.Struct, gc=False):
+    """A rendered hit: a JSON body or SSE frames (one item per generation step), the headers that name the
+    recorded turn, and its tokens."""
+
+    # As ASGI sends them: lowercase names and values, in bytes.
+    headers: list[tuple[bytes, bytes]]
+    body: bytes = b""
+    frames: Iterator[bytes] | None = None
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    # The most completion tokens the request allowed, over all its choices; None for no limit.
+    max_tokens: int | None = None
+
+
+class Service:
+    """Answers decoded requests from the index: the part of the app that HTTP does not touch."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.index = Index(settings.index)
+        self.replayer = replay.Replayer(self.index, ignore_system=settings.ignore_system)
+        self.fingerprint = self.index.fingerprint
+
+    def chat(self, request: ChatCompletionRequest) -> Reply:
+        record = self.replayer.find(request.messages)
+        # The key left the request's system messages out, but its prompt holds them: count what was sent.
+        sent = self.replayer.system_tokens(request.messages) if self.settings.ignore_system else 0
+        if self._whole_answer(request):
+            answer = self.replayer.choose(record, 1, request.seed, sent)[0]
+            request_id = random_id()
+            id, created = "chatcmpl-" + request_id[:29], int(time.time())
+            body = render.chat_completion_whole(id, created, request.model, self.fingerprint, answer)
+            return Reply(_headers(answer, request_id), body, None, answer.prompt_tokens, answer.completion_tokens)
+        max_tokens = request.max_completion_tokens or request.max_tokens
+        answers = self.replayer.choose(record, request.n or 1, request.seed, sent)
+        cuts = [replay.cut(answer, max_tokens, request.stop) for answer in answers]
+        id, created, headers = self._identity("chatcmpl-", request, cuts)
+        limit = max_tokens * len(cuts) if max_tokens else None
+        if request.stream:
+            include_usage = bool(request.stream_options and request.stream_options.include_usage)
+            frames = render.chat_chunks(id, created, request.model, self.fingerprint, cuts, include_usage)
+            return _reply(headers, cuts, cuts[0].answer.prompt_tokens, limit, frames=frames)
+        body = render.chat_completion(id, created, request.model, self.fingerprint, cuts)
+        return _reply(headers, cuts, cuts[0].answer.prompt_tokens, limit, body=body)
+
+    def _whole_answer(self, request: ChatCompletionRequest) -> bool:
+        """Whether the reply is one whole answer, not streamed, with a random id: most requests. They take
+        a shorter path, as what the server does per request is a large share of its time."""
+        return (
+            not request.stream and (request.n or 1) == 1 and request.max_tokens is None
+            and request.max_completion_tokens is None and not request.stop and not self.settings.deterministic
+        )
+
+    def completion(self, request: CompletionRequest) -> Reply:
+        prompts = [request.prompt] if isinstance(request.prompt, str) else request.prompt
+        cuts = []
+        prompt_tokens = 0
+        for prompt in prompts:
+            record = self.replayer.find([Message("user", prompt)])
+            answers = self.replayer.choose(record, request.n or 1, request.seed)
+            cuts += [replay.cut(answer, request.max_tokens, request.stop) for answer in answers]
+            prompt_tokens += tokens.text_prompt_tokens(answers[0].prompt_tokens)
+        id, created, headers = self._identity("cmpl-", request, cuts)
+        limit = request.max_tokens * len(cuts) if request.max_tokens else None
+        if request.stream:
+            include_usage = bool(request.stream_options and request.stream_options.include_usage)
+            frames = render.completion_chunks(id, created, request.model, self.fingerprint, cuts, prompt_tokens, include_usage)
+            return _reply(headers, cuts, prompt_tokens, limit, frames=frames)
+        body = render.completion(id, created, request.model, self.fingerprint, cuts, prompt_tokens)
+        return _reply(headers, cuts, prompt_tokens, limit, body=body)
+
+    def _identity(
+        self, prefix: str, request: msgspec.Struct, cuts: list[replay.Cut]
+    ) -> tuple[str, int, list[tuple[bytes, bytes]]]:
+        """The response's id, created time and headers; derived from request and answers if deterministic."""
+        first = cuts[0].answer
+        if self.settings.deterministic:
+            seen = [(cut.answer.conversation_id, cut.answer.turn, cut.end) for cut in cuts]
+            digest = xxh3_128_hexdigest(msgspec.msgpack.encode((request, seen)))
+            id, created, request_id = digest[:29], MODEL_CREATED + int(digest[:6], 16), digest
+        else:
+            request_id = random_id()
+            id, created = request_id[:29], int(time.time())
+        return prefix + id, created, _headers(first, request_id)
+
+
+def _reply(
+    headers: list[tuple[bytes, bytes]], cuts: list[replay.Cut], prompt_tokens: int, max_tokens: int | None,
+    body: bytes = b"", frames: Iterator[bytes] | None = None,
+) -> Reply:
+    completion_tokens = sum(cut.completion_tokens for cut in cuts)
+    return Reply(headers, body, frames, prompt_tokens, completion_tokens, max_tokens)
+
+
+def random_id() -> str:
+    """Random enough to tell responses apart, and no system call per request."""
+    return f"{getrandbits(128):032x}"
+
+
+def _headers(answer: Answer, request_id: str) -> list[tuple[bytes, bytes]]:
+    """The headers that name the recorded turn, and the request id."""
+    return [
+        (b"x-mockgpt-conversation-id", _header_value(answer.conversation_id)),
+        (b"x-mockgpt-turn", b"%d" % answer.turn),
+        (b"x-request-id", b"req_" + request_id.encode()),
+    ]
+
+
+def _header_value(text: str) -> bytes:
+    """``text`` as is if it can be a header value, else percent-encoded."""
+    return (text if text.isascii() and text.isprintable() else quote(text, safe="")).encode()

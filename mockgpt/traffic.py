@@ -1,0 +1,410 @@
+"""A busy server: faults, rate limits, capacity and pacing, with metrics, in front of the app.
+
+``create_app`` puts ``Traffic`` in front of the Litestar app in place of ``FastChat`` when one of these
+options is set. It answers every chat and legacy completion hit itself, in this order:
+
+1. a fault (by header or at random) answers at once with its error;
+2. the request is looked up, then charged to its API key's rate limits (a miss charges no tokens);
+3. it waits for an answer slot, in FIFO order, or is turned away when the queue is full;
+4. the answer is sent at the pace of a real model, and the slot given back when it is done.
+
+Misses and invalid requests go on to the app, which words their errors. With ``--metrics``, every
+request is counted and timed, and ``GET /metrics`` serves the counts of all workers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import logging
+import math
+import time
+from collections.abc import Coroutine, Iterator, Mapping
+from typing import Any
+
+import msgspec
+
+from mockgpt import faults, render
+from mockgpt.asgi import ASGIApp, Receive, Scope, Send, admissible, read_body, replayed
+from mockgpt.errors import APIError, BadRequest
+from mockgpt.faults import Fault
+from mockgpt.metrics import Metrics
+from mockgpt.pacing import Pace, Pacer
+from mockgpt.schema import ChatCompletionRequest, CompletionRequest
+from mockgpt.service import Reply, Service, random_id
+from mockgpt.shared import SharedStateError, State, Verdict
+
+__all__ = ["Traffic"]
+
+_ROUTES = {
+    "/v1/chat/completions": "/chat/completions",
+    "/chat/completions": "/chat/completions",
+    "/v1/completions": "/completions",
+    "/completions": "/completions",
+}
+_KNOWN = {"/models", "/health", "/metrics", "/docs"}
+_JSON_TYPE = (b"content-type", b"application/json")
+_STREAM_HEADERS = [(b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache")]
+_YIELD_EVERY = 64
+TTFT, ITL = "x-mockgpt-ttft-ms", "x-mockgpt-itl-ms"
+
+logger = logging.getLogger("mockgpt")
+
+# Set in a request that drops its connection on purpose, so that uvicorn's complaint about it is not logged.
+_dropped: contextvars.ContextVar[bool] = contextvars.ContextVar("mockgpt_dropped", default=False)
+
+
+class _Quiet(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not _dropped.get()
+
+
+class Traffic:
+    """Answers completion hits as a busy server would; passes everything else to ``app``."""
+
+    def __init__(self, app: ASGIApp, service: Service, state: State, metrics: Metrics | None = None) -> None:
+        self.app = app
+        self.service = service
+        self.state = state
+        self.metrics = metrics
+        settings = service.settings
+        timing = settings.timing
+        self.pacer = Pacer(timing) if timing else None
+        self.faults = faults.Faults(settings.fault_rate, settings.fault_status, settings.seed)
+        self.rate_limited = bool(settings.rpm or settings.tpm)
+        self.capacity = settings.max_concurrency is not None
+        self.overload_status = settings.overload_status
+        api_key = settings.api_key
+        self._authorization = None if api_key is None else f"Bearer {api_key}".encode()
+        self._chat = msgspec.json.Decoder(ChatCompletionRequest).decode
+        self._completion = msgspec.json.Decoder(CompletionRequest).decode
+        logging.getLogger("uvicorn.error").addFilter(_Quiet())
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        route = _ROUTES.get(scope["path"]) if scope["method"] == "POST" else None
+        if self.metrics is None:
+            await self._route(route, scope, receive, send)
+            return
+        watch = _Watch(send, time.perf_counter())
+        try:
+            await self._route(route, scope, receive, watch.send)
+        finally:
+            self._observe(route or _label(scope["path"]), watch)
+
+    async def _route(self, route: str | None, scope: Scope, receive: Receive, send: Send) -> None:
+        if route is not None and admissible(scope, self._authorization, self.service.settings.max_body)[0]:
+            try:
+                await self._answer(route, scope, receive, send)
+            except SharedStateError as error:
+                # Before any response: the coordinator went away, as it does when the server stops.
+                logger.error("%s", error)
+                await _send_error(send, 500, render.error_body(str(error), "server_error"))
+        elif self.metrics is not None and scope["path"] == "/metrics" and scope["method"] == "GET":
+            body, content_type = self.metrics.render()
+            await _send_whole(send, 200, [(b"content-type", content_type.encode())], body)
+        else:
+            await self.app(scope, receive, send)
+
+    async def _answer(self, route: str, scope: Scope, receive: Receive, send: Send) -> None:
+        headers = _headers(scope)
+        try:
+            fault = await self.faults.choose(headers, self.state)
+            delay = _milliseconds(headers, faults.DELAY)
+            pace = _milliseconds(headers, TTFT), _milliseconds(headers, ITL)
+        except APIError as error:
+            await _send_error(send, error.status_code, render.error(error))
+            return
+        if fault.kind == "status":
+            await self._fail(send, fault.value, headers)
+            return
+        if delay:
+            await asyncio.sleep(delay / 1000)
+        body = await read_body(receive)
+        reply = self._reply(route, body)
+        extra: list[tuple[bytes, bytes]] = []
+        if self.rate_limited:
+            verdict = await self.state.charge(_api_key(headers), _charged(reply))
+            extra = _rate_headers(verdict)
+            if not verdict.allowed:
+                await self._limited(send, verdict, extra, body)
+                return
+        if reply is None:
+            await self.app(scope, replayed(body, receive), _adding(send, extra))
+            return
+        await self._serve(reply, fault, pace, extra, receive, send)
+
+    def _reply(self, route: str, body: bytes) -> Reply | None:
+        """The reply to a hit; None for anything else, which the app then answers."""
+        try:
+            if route == "/chat/completions":
+                return self.service.chat(self._chat(body))
+            return self.service.completion(self._completion(body))
+        except Exception:
+            return None
+
+    async def _serve(
+        self, reply: Reply, fault: Fault, pace: tuple[float | None, float | None], extra: list[tuple[bytes, bytes]],
+        receive: Receive, send: Send,
+    ) -> None:
+        if self.capacity:
+            if self.metrics:
+                self.metrics.queued()
+            try:
+                admitted = await self.state.acquire()
+            finally:
+                if self.metrics:
+                    self.metrics.dequeued()
+            if not admitted:
+                await self._overloaded(send, extra)
+                return
+        try:
+            timing = self.pacer.pace(reply.prompt_tokens, *pace) if self.pacer else None
+            await self._deliver(reply, fault, timing, extra, receive, send)
+        finally:
+            if self.capacity:
+                await self.state.release()
+
+    async def _deliver(
+        self, reply: Reply, fault: Fault, pace: Pace | None, extra: list[tuple[bytes, bytes]], receive: Receive, send: Send
+    ) -> None:
+        if self.metrics:
+            self.metrics.tokens(reply.prompt_tokens, reply.completion_tokens)
+        if reply.frames is None:
+            await self._whole(reply, fault, pace, extra, receive, send)
+            return
+        if self.metrics:
+            self.metrics.stream_started()
+        try:
+            await send({"type": "http.response.start", "status": 200, "headers": [*_STREAM_HEADERS, *reply.headers, *extra]})
+            if await _until_gone(self._stream(reply.frames, fault, pace, send), receive) == "dropped":
+                _dropped.set(True)
+        finally:
+            if self.metrics:
+                self.metrics.stream_ended()
+
+    async def _whole(
+        self, reply: Reply, fault: Fault, pace: Pace | None, extra: list[tuple[bytes, bytes]], receive: Receive, send: Send
+    ) -> None:
+        if pace is not None and self.pacer is not None:
+            ready = asyncio.get_running_loop().time() + self.pacer.whole(pace, reply.completion_tokens)
+            if await _until_gone(self.pacer.clock.until(ready), receive) is _GONE:
+                return
+        headers = [_JSON_TYPE, (b"content-length", b"%d" % len(reply.body)), *reply.headers, *extra]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        if fault.kind == "disconnect":
+            _dropped.set(True)
+        elif fault.kind == "stall":
+            await receive()
+        else:
+            await send({"type": "http.response.body", "body": reply.body})
+
+    async def _stream(self, frames: Iterator[bytes], fault: Fault, pace: Pace | None, send: Send) -> str:
+        """Send ``frames``, one generation step at a time, at ``pace``; ``fault`` may cut the stream short.
+
+        Returns "dropped" if the connection is to be dropped, "sent" if the stream was sent whole.
+        """
+        stop = fault.value if fault.kind in ("disconnect", "stall") else -1
+        loop = asyncio.get_running_loop()
+        due = loop.time() + pace.first if pace else 0.0
+        for number, step in enumerate(frames):
+            if number == stop:
+                break
+            if pace is not None and self.pacer is not None:
+                await self.pacer.clock.until(due)
+                due = max(due + self.pacer.spread(pace.gap), loop.time())
+            elif not (number + 1) % _YIELD_EVERY:
+                await asyncio.sleep(0)
+            await send({"type": "http.response.body", "body": step, "more_body": True})
+        else:
+            await send({"type": "http.response.body", "body": b""})
+            return "sent"
+        if fault.kind == "stall":
+            # Until the client goes away, which ends this task.
+            await asyncio.Event().wait()
+        return "dropped"
+
+    async def _fail(self, send: Send, status: int, headers: Mapping[str, str]) -> None:
+        if status == 429 and self.metrics:
+            self.metrics.rejected("fault")
+        extra = []
+        wait = _milliseconds(headers, faults.RETRY_AFTER)
+        if wait is not None:
+            extra = [(b"retry-after-ms", b"%d" % math.ceil(wait)), (b"retry-after", b"%d" % math.ceil(wait / 1000))]
+        await _send_error(send, status, faults.error(status), extra)
+
+    async def _limited(self, send: Send, verdict: Verdict, extra: list[tuple[bytes, bytes]], body: bytes) -> None:
+        if self.metrics:
+            self.metrics.rejected(verdict.reason or "requests")
+        wait = verdict.retry_after
+        if math.isfinite(wait):
+            extra = [*extra, (b"retry-after-ms", b"%d" % math.ceil(wait * 1000)), (b"retry-after", b"%d" % math.ceil(wait))]
+        await _send_error(send, 429, _rate_limit_body(verdict, _model(body)), extra)
+
+    async def _overloaded(self, send: Send, extra: list[tuple[bytes, bytes]]) -> None:
+        if self.metrics:
+            self.metrics.rejected("overload")
+        status = self.overload_status
+        body = render.error_body("The server is overloaded: too many requests are waiting. Please try again later.", "server_error")
+        await _send_error(send, status, body, extra)
+
+    def _observe(self, route: str, watch: _Watch) -> None:
+        assert self.metrics is not None
+        now = time.perf_counter()
+        outcome = "hit" if watch.status == 200 else "miss" if watch.status == 404 and route in _ROUTES.values() else "error"
+        if watch.status < 400 and route not in _ROUTES.values():
+            outcome = "none"
+        self.metrics.request(route, watch.status, outcome, now - watch.started)
+        if watch.first is not None and watch.streamed:
+            self.metrics.first_token(route, watch.first - watch.started)
+
+
+class _Watch:
+    """What a request sent: its status, when its first byte of body left, whether it streamed."""
+
+    def __init__(self, send: Send, started: float) -> None:
+        self._send = send
+        self.started = started
+        self.status = 0
+        self.first: float | None = None
+        self.streamed = False
+
+    async def send(self, message: Any) -> None:
+        if message["type"] == "http.response.start":
+            self.status = message["status"]
+            self.streamed = any(name == b"content-type" and value == b"text/event-stream" for name, value in message["headers"])
+        elif self.first is None and message.get("body"):
+            self.first = time.perf_counter()
+        await self._send(message)
+
+
+_GONE = object()
+
+
+async def _until_gone(work: Coroutine[Any, Any, Any], receive: Receive) -> Any:
+    """The result of ``work``, or ``_GONE`` if the client goes away first, which stops ``work`` at once."""
+    task = asyncio.ensure_future(work)
+    gone = asyncio.ensure_future(receive())
+    try:
+        await asyncio.wait([task, gone], return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for future in (task, gone):
+            future.cancel()
+    return task.result() if task.done() and not task.cancelled() else _GONE
+
+
+def _headers(scope: Scope) -> dict[str, str]:
+    """The request headers mockgpt reads here: its own and the API key."""
+    return {
+        name.decode("latin-1"): value.decode("latin-1")
+        for name, value in scope["headers"]
+        if name.startswith(b"x-mockgpt-") or name == b"authorization"
+    }
+
+
+def _milliseconds(headers: Mapping[str, str], name: str) -> float | None:
+    """Header ``name``, a number of milliseconds; ``BadRequest`` if it is not one."""
+    value = headers.get(name)
+    if value is None:
+        return None
+    try:
+        number = float(value)
+    except ValueError:
+        number = -1.0
+    if not 0 <= number < 86_400_000:
+        raise BadRequest(f"Invalid {name}: {value!r} is not a number of milliseconds.", param=name)
+    return number
+
+
+def _api_key(headers: Mapping[str, str]) -> str:
+    return headers.get("authorization", "").removeprefix("Bearer ").strip()
+
+
+def _charged(reply: Reply | None) -> int:
+    """The tokens a request counts against the limit, as the real API counts them: its prompt, and its
+    ``max_tokens`` or else its answer's tokens. A request that is not answered counts none."""
+    if reply is None:
+        return 0
+    return reply.prompt_tokens + (reply.completion_tokens if reply.max_tokens is None else reply.max_tokens)
+
+
+def _rate_headers(verdict: Verdict) -> list[tuple[bytes, bytes]]:
+    headers = []
+    for kind, limit, remaining, reset in [
+        ("requests", verdict.limit_requests, verdict.remaining_requests, verdict.reset_requests),
+        ("tokens", verdict.limit_tokens, verdict.remaining_tokens, verdict.reset_tokens),
+    ]:
+        if limit is not None:
+            headers += [
+                (b"x-ratelimit-limit-" + kind.encode(), b"%d" % limit),
+                (b"x-ratelimit-remaining-" + kind.encode(), b"%d" % (remaining or 0)),
+                (b"x-ratelimit-reset-" + kind.encode(), _duration(reset or 0.0).encode()),
+            ]
+    return headers
+
+
+def _duration(seconds: float) -> str:
+    """A duration as the API's rate-limit headers write it: ``20ms``, ``1s``, ``6m0s``."""
+    if seconds < 1:
+        return f"{math.ceil(seconds * 1000)}ms"
+    minutes, rest = divmod(seconds, 60)
+    rest_text = f"{rest:.3f}".rstrip("0").rstrip(".")
+    return f"{int(minutes)}m{rest_text}s" if minutes else f"{rest_text}s"
+
+
+def _rate_limit_body(verdict: Verdict, model: str) -> bytes:
+    if verdict.reason == "tokens":
+        limit, remaining, unit = verdict.limit_tokens, verdict.remaining_tokens, "tokens per min (TPM)"
+    else:
+        limit, remaining, unit = verdict.limit_requests, verdict.remaining_requests, "requests per min (RPM)"
+    used = (limit or 0) - (remaining or 0)
+    wait = f"Please try again in {_duration(verdict.retry_after)}." if math.isfinite(verdict.retry_after) else (
+        "The request is larger than the limit."
+    )
+    message = f"Rate limit reached for {model} on {unit}: Limit {limit}, Used {used}. {wait}"
+    return render.error_body(message, verdict.reason or "requests", None, "rate_limit_exceeded")
+
+
+class _Model(msgspec.Struct):
+    model: str = "the model"
+
+
+def _model(body: bytes) -> str:
+    try:
+        return msgspec.json.decode(body, type=_Model).model
+    except (msgspec.DecodeError, msgspec.ValidationError):
+        return "the model"
+
+
+def _adding(send: Send, extra: list[tuple[bytes, bytes]]) -> Send:
+    """``send`` that adds ``extra`` headers to the response."""
+    if not extra:
+        return send
+
+    async def adding(message: Any) -> None:
+        if message["type"] == "http.response.start":
+            message = {**message, "headers": [*message["headers"], *extra]}
+        await send(message)
+
+    return adding
+
+
+async def _send_whole(send: Send, status: int, headers: list[tuple[bytes, bytes]], body: bytes) -> None:
+    headers = [*headers, (b"content-length", b"%d" % len(body))]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
+async def _send_error(send: Send, status: int, body: bytes, extra: list[tuple[bytes, bytes]] = []) -> None:
+    request_id = (b"x-request-id", b"req_" + random_id().encode())
+    await _send_whole(send, status, [_JSON_TYPE, request_id, *extra], body)
+
+
+def _label(path: str) -> str:
+    """The route of a path other than the completions', for metrics: one of a few, so that the series stay few."""
+    path = path.removeprefix("/v1") or "/"
+    if path.startswith("/models/"):
+        return "/models/{model}"
+    return path if path in _KNOWN else "other"

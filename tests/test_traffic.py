@@ -1,0 +1,338 @@
+"""A busy real endpoint: faults, rate limits, capacity, pacing and metrics, through real servers and the
+official client. Delays are small, and every timing is measured, never assumed."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import openai
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from mockgpt.indexer import build
+from mockgpt.testing import MockServer
+
+from .conftest import sharegpt, write_sharegpt
+
+LONG = " ".join(f"word{n}" for n in range(40))
+CONVERSATIONS = [
+    sharegpt("hello", ("human", "Hello!"), ("gpt", "Hi! How can I help you today?")),
+    sharegpt("long", ("human", "Count."), ("gpt", LONG)),
+]
+HELLO = [{"role": "user", "content": "Hello!"}]
+COUNT = [{"role": "user", "content": "Count."}]
+
+
+@pytest.fixture(scope="module")
+def index(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    directory = tmp_path_factory.mktemp("traffic")
+    build([write_sharegpt(directory / "chats.json", CONVERSATIONS)], directory / "chats.mgpt")
+    return directory / "chats.mgpt"
+
+
+@pytest.fixture(scope="module")
+def server(index: Path) -> Iterator[MockServer]:
+    """A server with none of the busy options: faults by header work all the same."""
+    with MockServer(index) as server:
+        yield server
+
+
+def client(server: MockServer, **options: Any) -> openai.OpenAI:
+    return openai.OpenAI(base_url=server.base_url, **{"api_key": "test", "max_retries": 0, **options})
+
+
+def faulty(plan: str, **headers: str) -> dict[str, str]:
+    """Headers of a fault plan under a key of its own."""
+    return {"x-mockgpt-fault": plan, "x-mockgpt-fault-key": uuid.uuid4().hex, **headers}
+
+
+def healthy(server: MockServer) -> None:
+    assert httpx.get(f"{server.url}/health").status_code == 200
+    assert client(server).chat.completions.create(model="gpt-4o", messages=HELLO).choices[0].message.content  # type: ignore[arg-type]
+
+
+# Faults
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_the_client_retries_through_planned_faults(index: Path, workers: int) -> None:
+    with MockServer(index, workers=workers) as server:
+        retrying = client(server, max_retries=2)
+        quick = {"x-mockgpt-retry-after-ms": "10"}
+        answer = retrying.chat.completions.create(model="gpt-4o", messages=HELLO, extra_headers=faulty("500,500,ok", **quick))  # type: ignore[arg-type]
+        assert answer.choices[0].message.content == "Hi! How can I help you today?"
+        with pytest.raises(openai.InternalServerError) as caught:
+            retrying.chat.completions.create(model="gpt-4o", messages=HELLO, extra_headers=faulty("500,500,500", **quick))  # type: ignore[arg-type]
+        assert caught.value.body == {
+            "message": "The server had an error while processing your request. Sorry about that!",
+            "type": "server_error", "param": None, "code": None,
+        }
+        # The plan is used up: the key answers from now on.
+        headers = faulty("503,ok")
+        assert httpx.post(f"{server.base_url}/completions", json={"model": "m", "prompt": "Hello!"}, headers=headers).status_code == 503
+        assert httpx.post(f"{server.base_url}/completions", json={"model": "m", "prompt": "Hello!"}, headers=headers).status_code == 200
+        assert httpx.post(f"{server.base_url}/completions", json={"model": "m", "prompt": "Hello!"}, headers=headers).status_code == 200
+
+
+@pytest.mark.parametrize(
+    "status, error, code",
+    [
+        (400, openai.BadRequestError, None),
+        (401, openai.AuthenticationError, "invalid_api_key"),
+        (403, openai.PermissionDeniedError, "unsupported_country_region_territory"),
+        (404, openai.NotFoundError, "model_not_found"),
+        (429, openai.RateLimitError, "rate_limit_exceeded"),
+        (500, openai.InternalServerError, None),
+        (502, openai.InternalServerError, None),
+        (503, openai.InternalServerError, None),
+        (504, openai.InternalServerError, None),
+        (418, openai.APIStatusError, None),
+    ],
+)
+def test_every_fault_status_carries_the_error_body(server: MockServer, status: int, error: type[openai.APIStatusError], code: str | None) -> None:
+    with pytest.raises(error) as caught:
+        client(server).chat.completions.create(model="gpt-4o", messages=HELLO, extra_headers={"x-mockgpt-fault": str(status)})  # type: ignore[arg-type]
+    assert caught.value.status_code == status
+    body = caught.value.body
+    assert isinstance(body, dict) and set(body) == {"message", "type", "param", "code"}
+    assert body["code"] == code and body["message"]
+    assert caught.value.response.headers["x-request-id"].startswith("req_")
+
+
+def test_a_429_with_retry_after_ms_is_honoured(server: MockServer) -> None:
+    seen: list[tuple[float, int, str | None]] = []
+    hooks = {"response": [lambda response: seen.append((time.perf_counter(), response.status_code, response.headers.get("retry-after-ms")))]}
+    with httpx.Client(event_hooks=hooks) as http:
+        retrying = client(server, max_retries=1, http_client=http)
+        headers = faulty("429,ok", **{"x-mockgpt-retry-after-ms": "300"})
+        answer = retrying.chat.completions.create(model="gpt-4o", messages=HELLO, extra_headers=headers)  # type: ignore[arg-type]
+    assert answer.choices[0].message.content
+    (failed, status, wait), (answered, ok, _) = seen
+    assert (status, wait, ok) == (429, "300", 200)
+    assert answered - failed >= 0.3
+
+
+def test_bad_fault_headers_are_a_400(server: MockServer) -> None:
+    for name, value in [("x-mockgpt-fault", "500,explode"), ("x-mockgpt-delay-ms", "soon"), ("x-mockgpt-ttft-ms", "-5")]:
+        response = httpx.post(f"{server.base_url}/chat/completions", json={"model": "m", "messages": HELLO}, headers={name: value})
+        assert response.status_code == 400
+        assert response.json()["error"]["param"] == name and name in response.json()["error"]["message"]
+
+
+def content_chunks(stream: Any) -> list[str]:
+    return [chunk.choices[0].delta.content for chunk in stream if chunk.choices and chunk.choices[0].delta.content]
+
+
+def test_disconnect_after_n_chunks(server: MockServer) -> None:
+    got: list[str] = []
+    stream = client(server).chat.completions.create(
+        model="gpt-4o", messages=COUNT, stream=True, extra_headers={"x-mockgpt-fault": "disconnect-after:5"}  # type: ignore[arg-type]
+    )
+    with pytest.raises((httpx.RemoteProtocolError, openai.APIConnectionError)):
+        for chunk in stream:
+            if chunk.choices and chunk.choices[0].delta.content:
+                got.append(chunk.choices[0].delta.content)
+    assert len(got) == 5 and LONG.startswith("".join(got))
+    # A whole answer: its headers, then the connection closes.
+    with pytest.raises(openai.APIConnectionError):
+        client(server).chat.completions.create(model="gpt-4o", messages=COUNT, extra_headers={"x-mockgpt-fault": "disconnect-after:0"})  # type: ignore[arg-type]
+    healthy(server)
+    assert "Exception" not in server.output and "without completing" not in server.output
+
+
+def test_stall_after_n_chunks_times_the_client_out(server: MockServer) -> None:
+    got: list[str] = []
+    started = time.perf_counter()
+    stream = client(server, timeout=httpx.Timeout(1.0)).chat.completions.create(
+        model="gpt-4o", messages=COUNT, stream=True, extra_headers={"x-mockgpt-fault": "stall-after:5"}  # type: ignore[arg-type]
+    )
+    with pytest.raises((httpx.ReadTimeout, openai.APITimeoutError)):
+        for chunk in stream:
+            if chunk.choices and chunk.choices[0].delta.content:
+                got.append(chunk.choices[0].delta.content)
+    assert len(got) == 5 and time.perf_counter() - started >= 1.0
+    healthy(server)
+
+
+def test_delay_times_a_client_out(server: MockServer) -> None:
+    started = time.perf_counter()
+    with pytest.raises(openai.APITimeoutError):
+        client(server, timeout=0.3).chat.completions.create(model="gpt-4o", messages=HELLO, extra_headers={"x-mockgpt-delay-ms": "3000"})  # type: ignore[arg-type]
+    assert time.perf_counter() - started < 2
+    started = time.perf_counter()
+    client(server).chat.completions.create(model="gpt-4o", messages=HELLO, extra_headers={"x-mockgpt-delay-ms": "200"})  # type: ignore[arg-type]
+    assert time.perf_counter() - started >= 0.2
+    healthy(server)
+
+
+def test_random_faults(index: Path) -> None:
+    with MockServer(index, fault_rate=1, fault_status="503") as server:
+        with pytest.raises(openai.InternalServerError) as caught:
+            client(server).chat.completions.create(model="gpt-4o", messages=HELLO)  # type: ignore[arg-type]
+        assert caught.value.status_code == 503 and caught.value.body["message"] == "The server is overloaded or not ready yet."  # type: ignore[index]
+    statuses = []
+    for _ in range(2):
+        with MockServer(index, fault_rate=0.5, fault_status="429,500", seed=7) as server:
+            statuses.append([
+                httpx.post(f"{server.base_url}/chat/completions", json={"model": "m", "messages": HELLO}).status_code for _ in range(30)
+            ])
+    # Seeded: the same run twice.
+    assert statuses[0] == statuses[1] and {429, 500, 200} == set(statuses[0])
+
+
+# Rate limits
+
+
+def test_rpm_holds_across_workers(index: Path) -> None:
+    with MockServer(index, rpm=5, workers=2) as server:
+        responses = []
+        for _ in range(6):
+            # A connection each, so that either worker may answer any of them.
+            with httpx.Client() as http:
+                responses.append(http.post(f"{server.base_url}/chat/completions", json={"model": "gpt-4o", "messages": HELLO}))
+    assert [r.status_code for r in responses] == [200] * 5 + [429]
+    assert [r.headers["x-ratelimit-remaining-requests"] for r in responses[:5]] == ["4", "3", "2", "1", "0"]
+    limited = responses[-1]
+    assert limited.json()["error"]["code"] == "rate_limit_exceeded" and limited.json()["error"]["type"] == "requests"
+    assert "requests per min (RPM): Limit 5, Used 5" in limited.json()["error"]["message"]
+    assert 11_000 <= int(limited.headers["retry-after-ms"]) <= 12_000 and limited.headers["retry-after"] == "12"
+    assert limited.headers["x-ratelimit-limit-requests"] == "5" and limited.headers["x-ratelimit-reset-requests"].endswith("s")
+
+
+def test_tpm_counts_prompt_and_max_tokens(index: Path) -> None:
+    with MockServer(index, tpm=100) as server:
+        # The prompt of "Hello!" is 3 + 1 + 2 + 3 = 9 tokens; max_tokens 60 counts whole.
+        first = httpx.post(f"{server.base_url}/chat/completions", json={"model": "m", "messages": HELLO, "max_tokens": 60})
+        assert first.status_code == 200 and first.headers["x-ratelimit-remaining-tokens"] == str(100 - 9 - 60)
+        second = httpx.post(f"{server.base_url}/chat/completions", json={"model": "m", "messages": HELLO, "max_tokens": 60})
+        assert second.status_code == 429 and second.json()["error"]["type"] == "tokens"
+        # Without max_tokens, the answer's own tokens count.
+        third = httpx.post(f"{server.base_url}/chat/completions", json={"model": "m", "messages": HELLO})
+        used = third.json()["usage"]["total_tokens"]
+        assert third.status_code == 200 and third.headers["x-ratelimit-remaining-tokens"] == str(31 - used)
+        assert "x-ratelimit-limit-requests" not in third.headers
+
+
+def test_rate_limits_are_per_api_key(index: Path) -> None:
+    with MockServer(index, rpm=1) as server:
+        for key in ["alice", "bob"]:
+            assert client(server, api_key=key).chat.completions.create(model="m", messages=HELLO).choices  # type: ignore[arg-type]
+        with pytest.raises(openai.RateLimitError):
+            client(server, api_key="alice").chat.completions.create(model="m", messages=HELLO)  # type: ignore[arg-type]
+
+
+# Capacity and pacing
+
+
+async def timed_stream(server: MockServer, messages: list[dict[str, str]], **headers: str) -> tuple[float, float, list[float]]:
+    """When the first and last content chunk of a stream arrived, and the gaps between chunks."""
+    async with openai.AsyncOpenAI(base_url=server.base_url, api_key="test", max_retries=0) as client:
+        stream = await client.chat.completions.create(model="m", messages=messages, stream=True, extra_headers=headers)  # type: ignore[arg-type]
+        times = [time.perf_counter() async for chunk in stream if chunk.choices and chunk.choices[0].delta.content]
+    return times[0], times[-1], [b - a for a, b in zip(times, times[1:])]
+
+
+def test_a_full_server_queues_in_order(index: Path) -> None:
+    with MockServer(index, max_concurrency=1, itl_ms=10) as server:
+        async def three() -> list[tuple[float, float, list[float]]]:
+            return await asyncio.gather(*(timed_stream(server, COUNT) for _ in range(3)))
+
+        streams = sorted(asyncio.run(three()))
+    for before, after in zip(streams, streams[1:]):
+        assert after[0] >= before[1]
+
+
+def test_beyond_the_queue_the_server_is_overloaded(index: Path) -> None:
+    for status in [429, 503]:
+        with MockServer(index, max_concurrency=1, max_queue=0, ttft_ms=400, overload_status=status) as server:
+            results: list[httpx.Response] = []
+
+            def ask() -> None:
+                results.append(httpx.post(f"{server.base_url}/chat/completions", json={"model": "m", "messages": HELLO}, timeout=10))
+
+            threads = [threading.Thread(target=ask) for _ in range(2)]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join()
+            assert sorted(r.status_code for r in results) == [200, status]
+            refused = next(r for r in results if r.status_code == status)
+            assert refused.json()["error"]["type"] == "server_error" and "overloaded" in refused.json()["error"]["message"]
+
+
+def test_streams_are_paced(index: Path) -> None:
+    with MockServer(index, ttft_ms=150, itl_ms=8) as server:
+        started = time.perf_counter()
+        first, last, gaps = asyncio.run(timed_stream(server, COUNT))
+        assert first - started >= 0.15
+        assert sorted(gaps)[len(gaps) // 2] >= 0.007 and last - first >= 0.008 * len(gaps) * 0.9
+        # A whole answer leaves when its last token would have.
+        started = time.perf_counter()
+        answer = client(server).chat.completions.create(model="m", messages=COUNT)  # type: ignore[arg-type]
+        assert answer.usage is not None
+        assert time.perf_counter() - started >= 0.15 + 0.008 * (answer.usage.completion_tokens - 1)
+        # Headers override the server's timing for one request.
+        started = time.perf_counter()
+        first, last, _ = asyncio.run(timed_stream(server, COUNT, **{"x-mockgpt-ttft-ms": "0", "x-mockgpt-itl-ms": "0"}))
+        assert last - started < 0.15
+
+
+def test_prefill_grows_with_the_prompt(index: Path) -> None:
+    with MockServer(index, prefill_ms_per_1k=20_000, tokens_per_second=1000) as server:
+        # "Count." is 3 + 1 + 2 + 3 = 9 prompt tokens: 180 ms of prefill.
+        started = time.perf_counter()
+        first, _, gaps = asyncio.run(timed_stream(server, COUNT))
+        assert first - started >= 0.18 and sorted(gaps)[len(gaps) // 2] >= 0.0009
+
+
+def test_jitter_is_seeded(index: Path) -> None:
+    runs = []
+    for _ in range(2):
+        with MockServer(index, ttft_ms=50, jitter=0.5, seed=3) as server:
+            started = time.perf_counter()
+            first, _, _ = asyncio.run(timed_stream(server, HELLO))
+            runs.append(first - started)
+    assert all(0.025 <= run for run in runs)
+
+
+# Metrics
+
+
+def metrics(server: MockServer) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    text = httpx.get(f"{server.url}/metrics").text
+    return {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_metrics_count_every_request(index: Path, workers: int) -> None:
+    with MockServer(index, metrics=True, workers=workers) as server:
+        for _ in range(7):
+            with httpx.Client() as http:
+                assert http.post(f"{server.base_url}/chat/completions", json={"model": "m", "messages": HELLO}).status_code == 200
+        for _ in range(3):
+            with httpx.Client() as http:
+                assert http.post(f"{server.base_url}/chat/completions", json={"model": "m", "messages": [{"role": "user", "content": "?"}]}).status_code == 404
+        for _ in range(2):
+            asyncio.run(timed_stream(server, COUNT))
+        httpx.post(f"{server.base_url}/completions", json={"model": "m", "prompt": "Hello!"}, headers={"x-mockgpt-fault": "429"})
+        seen = metrics(server)
+    chat = "/chat/completions"
+    assert seen[("mockgpt_requests_total", (("outcome", "hit"), ("route", chat), ("status", "200")))] == 9
+    assert seen[("mockgpt_requests_total", (("outcome", "miss"), ("route", chat), ("status", "404")))] == 3
+    assert seen[("mockgpt_requests_total", (("outcome", "error"), ("route", "/completions"), ("status", "429")))] == 1
+    assert seen[("mockgpt_request_duration_seconds_count", (("route", chat),))] == 12
+    assert seen[("mockgpt_time_to_first_token_seconds_count", (("route", chat),))] == 2
+    assert seen[("mockgpt_rate_limited_total", (("reason", "fault"),))] == 1
+    assert seen[("mockgpt_streams_in_flight", ())] == 0 and seen[("mockgpt_queue_depth", ())] == 0
+    assert seen[("mockgpt_tokens_total", (("kind", "prompt"),))] == 7 * 9 + 2 * 9
