@@ -44,8 +44,20 @@ def server(index: Path) -> Iterator[MockServer]:
         yield server
 
 
+OPENED: list[openai.OpenAI] = []
+
+
+@pytest.fixture(autouse=True)
+def close_clients() -> Iterator[None]:
+    yield
+    while OPENED:
+        OPENED.pop().close()
+
+
 def client(server: MockServer, **options: Any) -> openai.OpenAI:
-    return openai.OpenAI(base_url=server.base_url, **{"api_key": "test", "max_retries": 0, **options})
+    """An official client of ``server``, closed when the test ends."""
+    OPENED.append(openai.OpenAI(base_url=server.base_url, **{"api_key": "test", "max_retries": 0, **options}))
+    return OPENED[-1]
 
 
 def faulty(plan: str, **headers: str) -> dict[str, str]:
