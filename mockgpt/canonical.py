@@ -3,24 +3,31 @@
 The indexer and the server both reduce a list of chat messages to a key here, and nothing else
 in mockgpt decides what a key is.
 
-A message counts only by its role and its text:
+A message counts by its role, its text and its tool calls:
 
 - roles: ``human``/``user`` -> user; ``gpt``/``chatgpt``/``bing``/``bard``/``assistant``/``model``
-  -> assistant; ``system``/``developer`` -> system; ``tool``/``function`` -> tool.
+  -> assistant; ``system``/``developer`` -> system; ``tool``/``function``/``observation`` -> tool.
 - text: a string, or the concatenated ``text`` of a list of content parts' text parts; ``None`` is "".
-  Unicode NFC, CRLF -> LF, outer whitespace stripped. Names, tool calls and every other field are ignored.
+  Unicode NFC, CRLF -> LF, outer whitespace stripped.
+- tool calls (an assistant's): each call's function name, and its arguments: JSON arguments as canonical
+  JSON (keys sorted, no spaces), other arguments as normalized text. Call ids and a tool message's
+  ``tool_call_id`` do not count: apps send back whatever ids they got. Names and every other field are
+  ignored.
 
 Each message is framed as one role letter (u, a, s, t), the length of its text in code points in
-decimal, a colon, and the text; the framed messages are encoded as UTF-8 (lone surrogates passed
-through). No two different message lists frame to the same bytes, and the framing of a
-conversation's first k messages is a prefix of the framing of the whole conversation. The key is
-the xxh3_128 digest of the framed bytes. ``VERSION`` changes whenever any of this does; the index header records it.
+decimal, a colon, and the text; then each of its tool calls as ``f``, the name's length, a colon, the
+name, the arguments' length, a colon, and the arguments. The framed messages are encoded as UTF-8 (lone
+surrogates passed through). No two different message lists frame to the same bytes, a message without
+tool calls frames as it did before they counted, and the framing of a conversation's first k messages
+is a prefix of the framing of the whole conversation. The key is the xxh3_128 digest of the framed
+bytes. ``VERSION`` changes whenever any of this does; the index header records it.
 """
 
 from __future__ import annotations
 
 import unicodedata
 from collections.abc import Iterable, Mapping, Sequence
+from typing import NamedTuple
 
 import msgspec
 from xxhash import xxh3_128_digest
@@ -28,8 +35,13 @@ from xxhash import xxh3_128_digest
 __all__ = [
     "ROLES",
     "VERSION",
+    "Call",
+    "FunctionCall",
     "Message",
     "TextPart",
+    "ToolCall",
+    "arguments",
+    "calls_of",
     "digest",
     "frame",
     "frame_message",
@@ -38,7 +50,7 @@ __all__ = [
     "text_of",
 ]
 
-VERSION = 2
+VERSION = 3
 
 ROLES: Mapping[str, str] = {
     "human": "user",
@@ -53,6 +65,7 @@ ROLES: Mapping[str, str] = {
     "developer": "system",
     "tool": "tool",
     "function": "tool",
+    "observation": "tool",
 }
 
 _ROLE_CHAR = {"user": "u", "assistant": "a", "system": "s", "tool": "t"}
@@ -65,11 +78,43 @@ class TextPart(msgspec.Struct, gc=False):
     text: str | None = None
 
 
+class FunctionCall(msgspec.Struct, gc=False):
+    name: str
+    arguments: str = ""
+
+
+class ToolCall(msgspec.Struct, gc=False):
+    """One of an assistant message's ``tool_calls``."""
+
+    function: FunctionCall
+    id: str = ""
+    type: str = "function"
+
+
 class Message(msgspec.Struct, gc=False):
     """A chat message as the OpenAI API receives it, reduced to the fields a key depends on."""
 
     role: str
     content: str | list[TextPart] | None = None
+    tool_calls: list[ToolCall] | None = None
+    # The legacy form of one tool call.
+    function_call: FunctionCall | None = None
+
+
+class Call(NamedTuple):
+    """A tool call as recorded: its id, function name and arguments (a string, as the API sends it)."""
+
+    id: str
+    name: str
+    arguments: str
+
+
+def calls_of(message: Message) -> tuple[Call, ...]:
+    """The tool calls of a request message, the legacy ``function_call`` as one."""
+    calls = tuple(Call(call.id, call.function.name, call.function.arguments) for call in message.tool_calls or ())
+    if message.function_call is not None:
+        calls += (Call("", message.function_call.name, message.function_call.arguments),)
+    return calls
 
 
 def text_of(content: str | Sequence[TextPart] | None) -> str:
@@ -91,18 +136,40 @@ def normalize(text: str) -> str:
     return text.strip()
 
 
-def frame_message(role: str, text: str) -> bytes:
-    """The framing of one message; ``role`` is canonical, ``text`` already normalized."""
-    return f"{_ROLE_CHAR[role]}{len(text)}:{text}".encode("utf-8", "surrogatepass")
+_sorted = msgspec.json.Encoder(order="sorted").encode
 
 
-def frame(messages: Iterable[tuple[str, str]]) -> bytes:
-    """The framing of (canonical role, raw text) pairs."""
+def arguments(raw: str) -> str:
+    """Tool call arguments as they count: canonical JSON if they are JSON, else normalized text."""
+    try:
+        return _sorted(msgspec.json.decode(raw)).decode()
+    except msgspec.DecodeError:
+        return normalize(raw)
+
+
+def _frame_calls(calls: Iterable[Call]) -> str:
     parts = []
-    for role, text in messages:
+    for call in calls:
+        counted = arguments(call.arguments)
+        parts.append(f"f{len(call.name)}:{call.name}{len(counted)}:{counted}")
+    return "".join(parts)
+
+
+def frame_message(role: str, text: str, calls: Sequence[Call] = ()) -> bytes:
+    """The framing of one message; ``role`` is canonical, ``text`` already normalized."""
+    framed = f"{_ROLE_CHAR[role]}{len(text)}:{text}{_frame_calls(calls) if calls else ''}"
+    return framed.encode("utf-8", "surrogatepass")
+
+
+def frame(messages: Iterable[tuple[str, str] | tuple[str, str, Sequence[Call]]]) -> bytes:
+    """The framing of (canonical role, raw text) pairs, or (role, text, tool calls) triples."""
+    parts = []
+    for role, text, *calls in messages:
         text = normalize(text)
         parts.append(f"{_ROLE_CHAR[role]}{len(text)}:")
         parts.append(text)
+        if calls and calls[0]:
+            parts.append(_frame_calls(calls[0]))
     return "".join(parts).encode("utf-8", "surrogatepass")
 
 
@@ -127,6 +194,8 @@ def frame_request(messages: Iterable[Message], roles: Mapping[str, str] = ROLES,
         text = text.strip()
         parts.append(f"{_ROLE_CHAR[role]}{len(text)}:")
         parts.append(text)
+        if message.tool_calls or message.function_call:
+            parts.append(_frame_calls(calls_of(message)))
     return "".join(parts).encode("utf-8", "surrogatepass")
 
 

@@ -100,17 +100,19 @@ def lookup(index_path: str, request: Any) -> None:
     body = request.read()
     try:
         messages = _request_messages(body)
-        pairs = [(canonical.ROLES[message.role], canonical.text_of(message.content)) for message in messages]
+        said = [(canonical.ROLES[m.role], canonical.text_of(m.content), canonical.calls_of(m)) for m in messages]
     except (msgspec.DecodeError, KeyError) as error:
         name = getattr(request, "name", "-")
         raise click.ClickException(f"{name}: not a chat completion request: {error}") from None
-    framed = canonical.frame(pairs)
-    for role, text in pairs:
+    framed = canonical.frame(said)
+    for role, text, calls in said:
         click.echo(f"{role:>9}: {canonical.normalize(text)!r}")
+        for call in calls:
+            click.echo(f"{'':>9}  calls {call.name}({canonical.arguments(call.arguments)})")
     click.echo(f"key: {canonical.digest(framed).hex()}")
     try:
         with Index(index_path) as index:
-            answers = index.lookup(pairs)
+            answers = index.lookup(said)
     except MockGPTError as error:
         raise click.ClickException(str(error)) from None
     if not answers:
@@ -122,6 +124,8 @@ def lookup(index_path: str, request: Any) -> None:
             f" {answer.prompt_tokens} prompt + {answer.completion_tokens} completion tokens"
         )
         click.echo(answer.text)
+        for stored in answer.tool_calls:
+            click.echo(f"tool call {stored.id}: {stored.name}({stored.arguments})")
 
 
 def _request_messages(body: bytes) -> list[canonical.Message]:
@@ -154,6 +158,9 @@ def _request_messages(body: bytes) -> list[canonical.Message]:
 @click.option("--fault-rate", envvar="MOCKGPT_FAULT_RATE", default=0.0, show_default=True, type=click.FloatRange(0, 1), help="Share of requests that fail at random.")
 @click.option("--fault-status", envvar="MOCKGPT_FAULT_STATUS", default="429,500,503", show_default=True, help="Statuses random faults draw from, comma-separated.")
 @click.option("--metrics", envvar="MOCKGPT_METRICS", is_flag=True, help="Count and time requests; GET /metrics serves Prometheus text.")
+@click.option("--upstream", envvar="MOCKGPT_UPSTREAM", help="Base URL of an OpenAI-compatible API (https://api.openai.com/v1) that answers the chat completions the index lacks; with --record.  [default: none, a miss is a 404]")
+@click.option("--record", envvar="MOCKGPT_RECORD", type=click.Path(dir_okay=False), help="OpenAI chat JSONL file that --upstream's answers are appended to; serve it with --index to replay them on the next start.")
+@click.option("--upstream-api-key", envvar=["MOCKGPT_UPSTREAM_API_KEY", "OPENAI_API_KEY"], help="Bearer token sent to --upstream.  [default: $OPENAI_API_KEY]")
 def serve(
     index_path: str | None, host: str, port: int, workers: int, log_level: str, tokens_per_second: float | None,
     overload_status: str, fault_status: str, **options: Any,

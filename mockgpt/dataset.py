@@ -2,10 +2,13 @@
 
 Three formats, told apart by their first bytes unless forced:
 
-- ``sharegpt``: a JSON array of ``{"id", "conversations": [{"from", "value"}]}`` (ShareGPT_V3);
+- ``sharegpt``: a JSON array of ``{"id", "conversations": [{"from", "value"}]}`` (ShareGPT_V3); tool
+  calls as the public tool-calling datasets in this form write them: ``from: "function_call"`` with
+  ``{"name", "arguments"}`` (or a list of them) as its value, and ``from: "observation"`` for a result;
 - ``sharegpt-jsonl``: one such object per line;
-- ``openai-jsonl``: one ``{"messages": [{"role", "content"}]}`` per line, as in OpenAI fine-tuning
-  files; a conversation's id is its line number.
+- ``openai-jsonl``: one ``{"messages": [...]}`` per line, as in OpenAI fine-tuning files: ``role`` and
+  ``content``, an assistant's ``tool_calls`` (or legacy ``function_call``) and ``tool`` messages; a
+  conversation's id is its line number.
 
 Each yields ``Conversation`` for a well-formed conversation and ``Skip`` (with a reason) for the rest.
 Invalid JSON raises ``DatasetError`` naming the file and byte offset, after every complete conversation
@@ -20,6 +23,7 @@ from typing import IO, Any, NamedTuple
 
 import ijson
 import msgspec
+from xxhash import xxh3_128_hexdigest
 
 from mockgpt import canonical
 from mockgpt.errors import DatasetError
@@ -30,10 +34,10 @@ FORMATS = ("sharegpt", "sharegpt-jsonl", "openai-jsonl")
 
 
 class Conversation(NamedTuple):
-    """A well-formed conversation: its id and its (canonical role, raw text) messages."""
+    """A well-formed conversation: its id and its (canonical role, raw text, tool calls) messages."""
 
     id: str
-    messages: list[tuple[str, str]]
+    messages: list[tuple[str, str, tuple[canonical.Call, ...]]]
 
 
 class Skip(NamedTuple):
@@ -132,17 +136,55 @@ def _sharegpt(item: Any, number: int) -> Conversation | Skip:
     turns = item.get("conversations")
     if not isinstance(turns, list):
         return Skip(id, "no conversations list")
-    messages = []
+    messages: list[tuple[str, str, tuple[canonical.Call, ...]]] = []
     for turn in turns:
         if not isinstance(turn, dict) or "from" not in turn or "value" not in turn:
             return Skip(id, "turn without from/value")
         role, value = turn["from"], turn["value"]
+        if role == "function_call":
+            calls = _sharegpt_calls(value, f"{id}/{len(messages)}")
+            if calls is None:
+                return Skip(id, "function_call that is not a call")
+            # Calls after an assistant's text, or after other calls, are that same answer's.
+            if messages and messages[-1][0] == "assistant":
+                role, text, earlier = messages.pop()
+                calls = earlier + calls
+            else:
+                text = ""
+            messages.append(("assistant", text, calls))
+            continue
         if not isinstance(value, str) or not isinstance(role, str):
             return Skip(id, "non-string from/value")
         if role not in canonical.ROLES:
             return Skip(id, "unknown role")
-        messages.append((canonical.ROLES[role], value))
+        messages.append((canonical.ROLES[role], value, ()))
     return Conversation(id, messages)
+
+
+_encode = msgspec.json.Encoder().encode
+
+
+def _sharegpt_calls(value: Any, where: str) -> tuple[canonical.Call, ...] | None:
+    """The calls of a ``function_call`` turn (its value, or the JSON in it); None if it holds none.
+
+    Such datasets record no call ids: each call gets one derived from where it is, so it is the same
+    in every build.
+    """
+    if isinstance(value, str):
+        try:
+            value = msgspec.json.decode(value)
+        except msgspec.DecodeError:
+            return None
+    items = value if isinstance(value, list) else [value]
+    calls = []
+    for number, item in enumerate(items):
+        if not isinstance(item, dict) or not isinstance(item.get("name"), str):
+            return None
+        arguments = item.get("arguments", "")
+        if not isinstance(arguments, str):
+            arguments = _encode(arguments).decode()
+        calls.append(canonical.Call(f"call_{xxh3_128_hexdigest(f'{where}/{number}'.encode())[:24]}", item["name"], arguments))
+    return tuple(calls) or None
 
 
 def _openai_conversation(line: bytes, number: int) -> Conversation | Skip:
@@ -155,5 +197,5 @@ def _openai_conversation(line: bytes, number: int) -> Conversation | Skip:
     for message in conversation.messages:
         if message.role not in canonical.ROLES:
             return Skip(id, "unknown role")
-        messages.append((canonical.ROLES[message.role], canonical.text_of(message.content)))
+        messages.append((canonical.ROLES[message.role], canonical.text_of(message.content), canonical.calls_of(message)))
     return Conversation(id, messages)

@@ -9,11 +9,11 @@ from __future__ import annotations
 import os
 import random
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import msgspec
 
-from mockgpt import dataset
+from mockgpt import canonical, dataset
 from mockgpt.errors import DatasetError
 
 __all__ = ["FORMATS", "Turn", "export", "sample", "turns"]
@@ -26,8 +26,9 @@ class Turn(NamedTuple):
 
     conversation_id: str
     turn: int
-    messages: list[dict[str, str]]
+    messages: list[dict[str, Any]]
     answer: str
+    calls: tuple[canonical.Call, ...] = ()
 
 
 def turns(
@@ -58,10 +59,27 @@ def turns(
 
 
 def _turns(conversation: dataset.Conversation) -> Iterator[Turn]:
-    messages = [{"role": role, "content": text} for role, text in conversation.messages]
-    for number, message in enumerate(messages):
-        if message["role"] == "assistant" and number:
-            yield Turn(conversation.id, number, messages[:number], message["content"])
+    messages = list(_api_messages(conversation.messages))
+    for number, (role, text, calls) in enumerate(conversation.messages):
+        if role == "assistant" and number:
+            yield Turn(conversation.id, number, messages[:number], text, calls)
+
+
+def _api_messages(messages: Iterable[tuple[str, str, tuple[canonical.Call, ...]]]) -> Iterator[dict[str, Any]]:
+    """Canonical messages as the API takes them: an assistant's tool calls, and each tool result naming
+    the call it answers, in order."""
+    pending: list[str] = []
+    for role, text, calls in messages:
+        message: dict[str, Any] = {"role": role, "content": text}
+        if calls:
+            message["content"] = text or None
+            message["tool_calls"] = [
+                {"id": call.id, "type": "function", "function": {"name": call.name, "arguments": call.arguments}} for call in calls
+            ]
+            pending = [call.id for call in calls]
+        elif role == "tool" and pending:
+            message["tool_call_id"] = pending.pop(0)
+        yield message
 
 
 def sample(items: Iterable[list[Turn]], n: int | None, seed: int, walk: bool) -> Iterator[Turn]:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import mmap
 import os
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from types import TracebackType
 
 import msgspec
@@ -76,8 +76,8 @@ class Index:
         """The answer stored at ``offset`` (one of a record's ``answers``)."""
         return _answer.decode(self._blob(offset))
 
-    def lookup(self, messages: Iterable[tuple[str, str]]) -> list[Answer]:
-        """The answers recorded after (canonical role, raw text) messages, in dataset order; [] if none."""
+    def lookup(self, messages: Iterable[tuple[str, str] | tuple[str, str, Sequence[canonical.Call]]]) -> list[Answer]:
+        """The answers recorded after (canonical role, raw text[, tool calls]) messages, in dataset order; [] if none."""
         record = self.find(canonical.frame(messages))
         return [] if record is None else [self.answer(offset) for offset in record.answers]
 

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
+from typing import TypeVar
 
 import msgspec
 
 from mockgpt import replay
 from mockgpt.errors import APIError
-from mockgpt.records import Answer
+from mockgpt.records import Answer, StoredCall
 from mockgpt.schema import (
     ChatChoice,
     ChatCompletion,
@@ -22,7 +23,11 @@ from mockgpt.schema import (
     ErrorBody,
     ErrorDetail,
     FirstDelta,
+    FunctionDelta,
+    FunctionOut,
     ResponseMessage,
+    ToolCallDelta,
+    ToolCallOut,
     Usage,
 )
 
@@ -38,6 +43,7 @@ __all__ = [
 ]
 
 DONE = b"data: [DONE]\n\n"
+T = TypeVar("T")
 
 _encode = msgspec.json.Encoder().encode
 
@@ -64,12 +70,23 @@ def _template(response: msgspec.Struct) -> bytes:
 _D, _S, _QS = msgspec.Raw(b"%d"), msgspec.Raw(b"%s"), msgspec.Raw(b'"%s"')
 _USAGE = _template(Usage(prompt_tokens=_D, completion_tokens=_D, total_tokens=_D))  # type: ignore[arg-type]
 _CHAT_CHOICE = _template(ChatChoice(index=_D, message=ResponseMessage(content=_S), finish_reason=_QS))  # type: ignore[arg-type]
+_CHAT_CHOICE_CALLS = _template(
+    ChatChoice(index=_D, message=ResponseMessage(content=_S, tool_calls=_S), finish_reason=_QS)  # type: ignore[arg-type]
+)
 _CHAT = _template(ChatCompletion(id=_QS, created=_D, model=_S, choices=[_S], usage=_S, system_fingerprint=_QS))  # type: ignore[arg-type, list-item]
 _TEXT_CHOICE = _template(CompletionChoice(text=_S, index=_D, finish_reason=_QS))  # type: ignore[arg-type]
 _CHAT_WHOLE = _template(
     ChatCompletion(
         id=_QS, created=_D, model=_S,  # type: ignore[arg-type]
         choices=[ChatChoice(index=0, message=ResponseMessage(content=_S), finish_reason="stop")],  # type: ignore[arg-type]
+        usage=Usage(prompt_tokens=_D, completion_tokens=_D, total_tokens=_D),  # type: ignore[arg-type]
+        system_fingerprint=_QS,  # type: ignore[arg-type]
+    )
+)
+_CHAT_WHOLE_CALLS = _template(
+    ChatCompletion(
+        id=_QS, created=_D, model=_S,  # type: ignore[arg-type]
+        choices=[ChatChoice(index=0, message=ResponseMessage(content=_S, tool_calls=_S), finish_reason="tool_calls")],  # type: ignore[arg-type]
         usage=Usage(prompt_tokens=_D, completion_tokens=_D, total_tokens=_D),  # type: ignore[arg-type]
         system_fingerprint=_QS,  # type: ignore[arg-type]
     )
@@ -82,8 +99,18 @@ def _usage(prompt_tokens: int, cuts: Sequence[replay.Cut]) -> bytes:
     return _USAGE % (prompt_tokens, completion, prompt_tokens + completion)
 
 
+def _tool_calls(calls: Sequence[StoredCall]) -> bytes:
+    return _encode([ToolCallOut(id=call.id, function=FunctionOut(call.name, call.arguments)) for call in calls])
+
+
+def _chat_choice(i: int, cut: replay.Cut) -> bytes:
+    if cut.calls:
+        return _CHAT_CHOICE_CALLS % (i, cut.content, _tool_calls(cut.calls), cut.finish_reason.encode())
+    return _CHAT_CHOICE % (i, cut.content, cut.finish_reason.encode())
+
+
 def chat_completion(id: str, created: int, model: str, fingerprint: str, cuts: Sequence[replay.Cut]) -> bytes:
-    choices = b",".join([_CHAT_CHOICE % (i, cut.content, cut.finish_reason.encode()) for i, cut in enumerate(cuts)])
+    choices = b",".join([_chat_choice(i, cut) for i, cut in enumerate(cuts)])
     usage = _usage(cuts[0].answer.prompt_tokens, cuts)
     return _CHAT % (id.encode(), created, _encode(model), choices, usage, fingerprint.encode())
 
@@ -91,22 +118,26 @@ def chat_completion(id: str, created: int, model: str, fingerprint: str, cuts: S
 def chat_completion_whole(id: str, created: int, model: str, fingerprint: str, answer: Answer) -> bytes:
     """``chat_completion`` of one whole answer, the common case, in one step."""
     prompt, completion = answer.prompt_tokens, answer.completion_tokens
+    if answer.tool_calls:
+        return _CHAT_WHOLE_CALLS % (
+            id.encode(), created, _encode(model), answer.content, _tool_calls(answer.tool_calls),
+            prompt, completion, prompt + completion, fingerprint.encode(),
+        )
     return _CHAT_WHOLE % (
         id.encode(), created, _encode(model), answer.content, prompt, completion, prompt + completion, fingerprint.encode()
     )
 
 
-def _steps(cuts: Sequence[replay.Cut]) -> Iterator[list[tuple[int, str | None, bool]]]:
-    """The generation steps of ``cuts``, as a server writing the choices together sends them: in each, every
-    choice still going writes its next piece, (choice, piece, is it the choice's last); an answer with no
-    text has one step with no piece."""
+def _steps(choices: Sequence[Iterator[T]]) -> Iterator[list[tuple[int, T | None, bool]]]:
+    """The generation steps of the choices' pieces, as a server writing the choices together sends them:
+    in each, every choice still going writes its next piece, (choice, piece, is it the choice's last); a
+    choice with no pieces has one step with none."""
     going = []
-    for i, cut in enumerate(cuts):
-        pieces = replay.pieces(cut)
+    for i, pieces in enumerate(choices):
         going.append((i, pieces, next(pieces, None)))
     while going:
         step = []
-        still: list[tuple[int, Iterator[str], str | None]] = []
+        still: list[tuple[int, Iterator[T], T | None]] = []
         for i, pieces, piece in going:
             following = next(pieces, None)
             step.append((i, piece, following is None))
@@ -114,6 +145,22 @@ def _steps(cuts: Sequence[replay.Cut]) -> Iterator[list[tuple[int, str | None, b
                 still.append((i, pieces, following))
         yield step
         going = still
+
+
+# The first delta's content of an answer without text: null, as the real API sends for tool calls alone.
+_NO_TEXT: dict[bytes, str | None] = {b"null": None}
+
+
+def _deltas(cut: replay.Cut) -> Iterator[Delta]:
+    """The deltas of one choice: its text a token at a time, then each tool call: a delta that names it,
+    then its arguments a token at a time."""
+    for piece in replay.pieces(cut):
+        yield Delta(content=piece)
+    for i, call in enumerate(cut.calls):
+        named = FunctionDelta(arguments="", name=call.name)
+        yield Delta(tool_calls=[ToolCallDelta(index=i, id=call.id, type="function", function=named)])
+        for piece in replay.argument_pieces(call):
+            yield Delta(tool_calls=[ToolCallDelta(index=i, function=FunctionDelta(arguments=piece))])
 
 
 def chat_chunks(
@@ -127,14 +174,14 @@ def chat_chunks(
         response = chunk(id=id, created=created, model=model, choices=[choice], system_fingerprint=fingerprint)
         return b"data: " + _encode(response) + b"\n\n"
 
-    frames = [frame(ChunkChoice(index=i, delta=FirstDelta())) for i in range(len(cuts))]
-    for number, step in enumerate(_steps(cuts)):
+    frames = [frame(ChunkChoice(index=i, delta=FirstDelta(content=_NO_TEXT.get(cut.content, "")))) for i, cut in enumerate(cuts)]
+    for number, step in enumerate(_steps([_deltas(cut) for cut in cuts])):
         if number:
             yield b"".join(frames)
             frames = []
-        for i, piece, last in step:
-            if piece is not None:
-                frames.append(frame(ChunkChoice(index=i, delta=Delta(content=piece))))
+        for i, delta, last in step:
+            if delta is not None:
+                frames.append(frame(ChunkChoice(index=i, delta=delta)))
             if last:
                 frames.append(frame(ChunkChoice(index=i, delta=Delta(), finish_reason=cuts[i].finish_reason)))  # type: ignore[arg-type]
     if include_usage:
@@ -163,7 +210,7 @@ def completion_chunks(
         return b"data: " + _encode(response) + b"\n\n"
 
     frames: list[bytes] = []
-    for number, step in enumerate(_steps(cuts)):
+    for number, step in enumerate(_steps([replay.pieces(cut) for cut in cuts])):
         if number:
             yield b"".join(frames)
             frames = []

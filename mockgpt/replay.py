@@ -16,9 +16,9 @@ import msgspec
 from mockgpt import canonical, tokens
 from mockgpt.errors import BadRequest, ConversationNotFound
 from mockgpt.reader import Index
-from mockgpt.records import Answer, Record
+from mockgpt.records import Answer, Record, StoredCall
 
-__all__ = ["Cut", "Replayer", "cut", "pieces"]
+__all__ = ["Cut", "Replayer", "argument_pieces", "cut", "pieces"]
 
 # The roles the API accepts; the dataset's other names for them are not part of the API.
 _API_ROLES = {name: canonical.ROLES[name] for name in ("system", "assistant", "user", "function", "tool", "developer")}
@@ -35,12 +35,14 @@ class Cut(NamedTuple):
     """An answer as served: cut by ``max_tokens`` or a stop sequence, or whole."""
 
     answer: Answer
-    # The text served, as a JSON string.
+    # The text served, as a JSON string (``null`` for no text beside tool calls).
     content: bytes
     completion_tokens: int
     finish_reason: str
-    # How many bytes of the answer's UTF-8 the cut keeps; None for all of them.
+    # How many bytes of the text's UTF-8 the cut keeps; None for all of them.
     end: int | None
+    # The tool calls served: all of them, or those the cut left whole.
+    calls: Sequence[StoredCall] = ()
 
 
 class Replayer:
@@ -128,12 +130,17 @@ class Replayer:
 
 
 def cut(answer: Answer, max_tokens: int | None, stop: str | Sequence[str] | None) -> Cut:
-    """``answer`` after at most ``max_tokens`` of its tokens, and before the first ``stop`` sequence."""
+    """``answer`` after at most ``max_tokens`` of its tokens, and before the first ``stop`` sequence.
+
+    Tokens run through the text, then each tool call in turn; a call the cut would split is left out, as
+    are the calls after a stop sequence in the text.
+    """
+    calls = answer.tool_calls
     if max_tokens is None and not stop:
-        return Cut(answer, answer.content, answer.completion_tokens, "stop", None)
+        return Cut(answer, answer.content, answer.completion_tokens, "tool_calls" if calls else "stop", None, calls)
     data = answer.text.encode()
     ends = list(accumulate(length + 1 for length in answer.token_lengths))
-    end, tokens, reason = len(data), answer.completion_tokens, "stop"
+    end, tokens, reason = len(data), len(ends), "stop"
     if max_tokens is not None and max_tokens < tokens:
         end, tokens, reason = ends[max_tokens - 1], max_tokens, "length"
     text = data[:end].decode(errors="ignore")
@@ -145,16 +152,39 @@ def cut(answer: Answer, max_tokens: int | None, stop: str | Sequence[str] | None
         # The tokens generated up to and including the stop sequence.
         tokens = min(tokens, bisect_left(ends, end + len(sequence.encode())) + 1)
         text, reason = text[:position], "stop"
+    if reason == "stop" and calls and not found:
+        return _with_calls(answer, text, tokens, end, max_tokens)
     return Cut(answer, _encode_text(text), tokens, reason, end)
 
 
+def _with_calls(answer: Answer, text: str, tokens: int, end: int, max_tokens: int | None) -> Cut:
+    """The whole text, and the tool calls that fit in ``max_tokens``."""
+    kept: list[StoredCall] = []
+    for call in answer.tool_calls:
+        cost = call.name_tokens + len(call.token_lengths)
+        if max_tokens is not None and tokens + cost > max_tokens:
+            return Cut(answer, _encode_text(text), max_tokens, "length", end, kept)
+        kept.append(call)
+        tokens += cost
+    return Cut(answer, _encode_text(text) if text else b"null", tokens, "tool_calls", end, kept)
+
+
 def pieces(cut: Cut) -> Iterator[str]:
-    """The cut answer one recorded token at a time; a token ending inside a character joins the next."""
+    """The cut answer's text one recorded token at a time; a token ending inside a character joins the next."""
     data = cut.answer.text.encode()
-    end = len(data) if cut.end is None else cut.end
+    return _decoded(data, cut.answer.token_lengths, len(data) if cut.end is None else cut.end)
+
+
+def argument_pieces(call: StoredCall) -> Iterator[str]:
+    """A tool call's arguments one recorded token at a time."""
+    data = call.arguments.encode()
+    return _decoded(data, call.token_lengths, len(data))
+
+
+def _decoded(data: bytes, token_lengths: bytes, end: int) -> Iterator[str]:
     decoder = codecs.getincrementaldecoder("utf-8")(errors="ignore")
     start = 0
-    for length in cut.answer.token_lengths:
+    for length in token_lengths:
         stop = min(start + length + 1, end)
         text = decoder.decode(data[start:stop])
         if text:

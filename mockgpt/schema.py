@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Annotated, Literal
 
 import msgspec
-from msgspec import Meta, Struct
+from msgspec import UNSET, Meta, Struct, UnsetType
 
 from mockgpt.canonical import Message
 
@@ -27,11 +27,15 @@ __all__ = [
     "ErrorBody",
     "ErrorDetail",
     "FirstDelta",
+    "FunctionDelta",
+    "FunctionOut",
     "Health",
     "Model",
     "ModelList",
     "ResponseMessage",
     "StreamOptions",
+    "ToolCallDelta",
+    "ToolCallOut",
     "Usage",
 ]
 
@@ -91,14 +95,28 @@ class Usage(Struct, gc=False):
     completion_tokens_details: CompletionTokensDetails = CompletionTokensDetails()
 
 
-FinishReason = Literal["stop", "length"]
+FinishReason = Literal["stop", "length", "tool_calls"]
+
+
+class FunctionOut(Struct, gc=False):
+    name: str
+    arguments: str
+
+
+class ToolCallOut(Struct, kw_only=True, gc=False):
+    id: str
+    type: Literal["function"] = "function"
+    function: FunctionOut
 
 
 class ResponseMessage(Struct, kw_only=True, gc=False):
+    """An answer: text, tool calls, or both; ``content`` is null when tool calls come without text."""
+
     role: Literal["assistant"] = "assistant"
-    content: str
+    content: str | None
     refusal: None = None
     annotations: list[dict[str, str]] = []
+    tool_calls: list[ToolCallOut] | UnsetType = UNSET
 
 
 class ChatChoice(Struct, gc=False):
@@ -120,17 +138,32 @@ class ChatCompletion(Struct, kw_only=True, gc=False):
 
 
 class FirstDelta(Struct, gc=False):
-    """The delta of a choice's first chunk: its role, and no text yet."""
+    """The delta of a choice's first chunk: its role, and no text yet (null if there is none to come)."""
 
     role: Literal["assistant"] = "assistant"
-    content: str = ""
+    content: str | None = ""
     refusal: None = None
 
 
+class FunctionDelta(Struct, omit_defaults=True, gc=False):
+    arguments: str
+    name: str | None = None
+
+
+class ToolCallDelta(Struct, omit_defaults=True, gc=False):
+    """A piece of a tool call: the first names it (id, type, name), the others add to its arguments."""
+
+    index: int
+    function: FunctionDelta
+    id: str | None = None
+    type: Literal["function"] | None = None
+
+
 class Delta(Struct, omit_defaults=True, gc=False):
-    """The delta of every later chunk: a piece of text, or nothing in the chunk that finishes."""
+    """The delta of every later chunk: a piece of text or of a tool call, or nothing in the chunk that finishes."""
 
     content: str | None = None
+    tool_calls: list[ToolCallDelta] | None = None
 
 
 class ChunkChoice(Struct, gc=False):
