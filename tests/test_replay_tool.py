@@ -187,3 +187,22 @@ def test_progress_shows_on_a_terminal(demo_server: MockServer) -> None:
     os.close(primary)
     assert process.returncode == 0, output
     assert f"\r{DEMO_TURNS} / {DEMO_TURNS} requests, ".encode() in shown and b" per second" in shown
+
+
+def test_tool_loops_replay_byte_exact_and_a_changed_call_is_reported(tmp_path: Path) -> None:
+    from .test_tools import LEGACY, LOOP, MIXED
+
+    source = tmp_path / "agents.jsonl"
+    source.write_text("".join(json.dumps({"messages": messages}) + "\n" for messages in [LOOP, MIXED, LEGACY]))
+    with MockServer(source) as server:
+        result = replay(server.base_url, source, "--stream")
+        assert result.returncode == 0, result.stdout + result.stderr
+        assert "every answer byte-exact" in result.stdout
+        changed = tmp_path / "changed.jsonl"
+        moved = json.loads(json.dumps(MIXED))
+        moved[1]["tool_calls"][0]["id"] = "call_other"
+        changed.write_text(json.dumps({"messages": moved}) + "\n")
+        result = replay(server.base_url, changed, "--stream")
+    assert result.returncode == 1
+    assert "tool calls differ: got [('call_book', 'book', 'not json at all')], recorded [('call_other', 'book', 'not json at all')]" in result.stdout
+    assert "streamed tool calls differ" in result.stdout

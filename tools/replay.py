@@ -58,7 +58,7 @@ def requests(sources: list[Path]) -> Iterator[Request]:
     number = itertools.count()
     for conversation in turns(sources):
         for turn in conversation:
-            key = canonical.digest(canonical.frame((m["role"], m["content"]) for m in turn.messages))
+            key = canonical.digest(canonical.frame_request(msgspec.convert(turn.messages, list[canonical.Message])))
             yield Request(next(number), turn, seen[key])
             seen[key] += 1
 
@@ -66,8 +66,20 @@ def requests(sources: list[Path]) -> Iterator[Request]:
 # The fields checked, and nothing else.
 
 
+class Function(msgspec.Struct):
+    name: str | None = None
+    arguments: str = ""
+
+
+class ToolCall(msgspec.Struct):
+    function: Function
+    index: int = 0
+    id: str | None = None
+
+
 class Message(msgspec.Struct):
     content: str | None = None
+    tool_calls: list[ToolCall] | None = None
 
 
 class Choice(msgspec.Struct):
@@ -81,6 +93,7 @@ class Completion(msgspec.Struct):
 
 class Delta(msgspec.Struct):
     content: str | None = None
+    tool_calls: list[ToolCall] | None = None
 
 
 class ChunkChoice(msgspec.Struct):
@@ -110,6 +123,16 @@ def chunks(body: bytes) -> list[Chunk]:
         raise ValueError("not data: events ending in data: [DONE]")
     events = body[len(b"data: ") : -len(_DONE)].removesuffix(b"\n\n")
     return _decode_chunks(b"[" + events.replace(b"\n\ndata: ", b",") + b"]") if events else []
+
+
+def streamed_calls(received: list[Chunk]) -> list[tuple[str | None, str | None, str]]:
+    """The tool calls a stream's deltas add up to: the first piece of each names it, the rest extend its arguments."""
+    calls: dict[int, list[Any]] = {}
+    for chunk in received:
+        for piece in (chunk.choices[0].delta.tool_calls or []) if chunk.choices else []:
+            call = calls.setdefault(piece.index, [piece.id, piece.function.name, ""])
+            call[2] += piece.function.arguments
+    return [tuple(calls[index]) for index in sorted(calls)]
 
 
 def differs(got: str, recorded: str) -> str:
@@ -144,6 +167,9 @@ class Report:
             return None
         if content != request.turn.answer:
             self.fail(request, f"answer {differs(content, request.turn.answer)}")
+        calls = [(call.id, call.function.name, call.function.arguments) for call in completion.choices[0].message.tool_calls or []]
+        if calls != [tuple(call) for call in request.turn.calls]:
+            self.fail(request, f"tool calls differ: got {calls}, recorded {[tuple(call) for call in request.turn.calls]}")
         return completion
 
     def check_stream(self, request: Request, plain: Completion | None, status: int, body: bytes, seconds: float) -> None:
@@ -160,6 +186,9 @@ class Report:
         content = "".join([chunk.choices[0].delta.content or "" for chunk in received if chunk.choices])
         if content != request.turn.answer:
             self.fail(request, f"streamed answer {differs(content, request.turn.answer)}")
+        calls = streamed_calls(received)
+        if calls != [tuple(call) for call in request.turn.calls]:
+            self.fail(request, f"streamed tool calls differ: got {calls}, recorded {[tuple(call) for call in request.turn.calls]}")
         usage = received[-1].usage if received else None
         if plain is not None and usage != plain.usage:
             self.fail(request, f"streamed usage differs: got {usage}, plain response {plain.usage}")
