@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import re
 import tempfile
 import time
 from importlib import resources
@@ -61,6 +62,15 @@ def next_request(stream: bool) -> tuple[dict[str, Any], bool]:
     return body, miss
 
 
+def answered(message: dict[str, Any]) -> bool:
+    """Whether a message holds an answer: text, tool calls, or both."""
+    return message.get("content") is not None or bool(message.get("tool_calls"))
+
+
+# A chunk that carries the answer's first piece: text (not the empty text of the role chunk) or a tool call.
+_FIRST_TOKEN = re.compile(rb'"content":"[^"]|"tool_calls":')
+
+
 def report(name: str, started: float, length: int, exception: Exception | None = None) -> None:
     events.request.fire(
         request_type="SSE", name=name, response_time=(time.perf_counter() - started) * 1000,
@@ -79,7 +89,7 @@ class ChatUser(HttpUser):
         with self.client.post("/v1/chat/completions", json=body, headers=HEADERS, name=name, catch_response=True) as response:
             if miss and response.status_code == 404:
                 response.success()
-            elif not miss and response.status_code == 200 and response.json()["choices"][0]["message"]["content"] is not None:
+            elif not miss and response.status_code == 200 and answered(response.json()["choices"][0]["message"]):
                 response.success()
             else:
                 response.failure(f"HTTP {response.status_code}: {response.text[:200]}")
@@ -112,7 +122,7 @@ class StreamingChatUser(HttpUser):
             length += len(line)
             if line == b"data: [DONE]":
                 done = True
-            elif first_token is None and line.startswith(b"data: ") and b'"content":"' in line and b'"content":""' not in line:
+            elif first_token is None and line.startswith(b"data: ") and _FIRST_TOKEN.search(line):
                 first_token = time.perf_counter()
                 report("time to first token", started, 0)
         if not done:

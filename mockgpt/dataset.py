@@ -8,7 +8,7 @@ Three formats, told apart by their first bytes unless forced:
 - ``sharegpt-jsonl``: one such object per line;
 - ``openai-jsonl``: one ``{"messages": [...]}`` per line, as in OpenAI fine-tuning files: ``role`` and
   ``content``, an assistant's ``tool_calls`` (or legacy ``function_call``) and ``tool`` messages; a
-  conversation's id is its line number.
+  conversation's id is its ``id`` if the line has one, else its line number.
 
 Each yields ``Conversation`` for a well-formed conversation and ``Skip`` (with a reason) for the rest.
 Invalid JSON raises ``DatasetError`` naming the file and byte offset, after every complete conversation
@@ -49,6 +49,7 @@ class Skip(NamedTuple):
 
 class _OpenAIConversation(msgspec.Struct):
     messages: list[canonical.Message]
+    id: str | int | None = None
 
 
 _openai_line = msgspec.json.Decoder(_OpenAIConversation)
@@ -188,11 +189,11 @@ def _sharegpt_calls(value: Any, where: str) -> tuple[canonical.Call, ...] | None
 
 
 def _openai_conversation(line: bytes, number: int) -> Conversation | Skip:
-    id = str(number)
     try:
         conversation = _openai_line.decode(line)
     except msgspec.ValidationError:
-        return Skip(id, "not an OpenAI messages object")
+        return Skip(str(number), "not an OpenAI messages object")
+    id = str(number) if conversation.id is None else str(conversation.id)
     messages = []
     for message in conversation.messages:
         if message.role not in canonical.ROLES:

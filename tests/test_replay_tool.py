@@ -21,7 +21,7 @@ from mockgpt.testing import MockServer
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = ROOT / "tools" / "replay.py"
 DEMO = ROOT / "mockgpt" / "demo" / "conversations.json"
-DEMO_TURNS = 67
+DEMO_TURNS = 69
 
 
 @pytest.fixture(scope="module")
