@@ -348,3 +348,17 @@ def test_metrics_count_every_request(index: Path, workers: int) -> None:
     assert seen[("mockgpt_rate_limited_total", (("reason", "fault"),))] == 1
     assert seen[("mockgpt_streams_in_flight", ())] == 0 and seen[("mockgpt_queue_depth", ())] == 0
     assert seen[("mockgpt_tokens_total", (("kind", "prompt"),))] == 7 * 9 + 2 * 9
+
+
+def test_a_client_that_goes_away_stops_its_paced_stream(index: Path) -> None:
+    with MockServer(index, itl_ms=50, metrics=True) as server:
+        with httpx.stream("POST", f"{server.base_url}/chat/completions", json={"model": "m", "messages": COUNT, "stream": True}) as response:
+            lines = response.iter_lines()
+            assert [next(lines) for _ in range(4)]
+            assert metrics(server)[("mockgpt_streams_in_flight", ())] == 1
+        # The whole stream would take its 80 tokens' worth of 50 ms; once the client is gone it ends at once.
+        left = time.perf_counter()
+        while metrics(server)[("mockgpt_streams_in_flight", ())] != 0:
+            assert time.perf_counter() - left < 1.0
+            time.sleep(0.02)
+        healthy(server)
