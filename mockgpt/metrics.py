@@ -4,7 +4,7 @@ This uses prometheus_client's multiprocess mode: every process writes its values
 files named after its pid in the directory ``$PROMETHEUS_MULTIPROC_DIR``, and a scrape answered by any
 one worker reads and merges the files of all of them. Counters and histograms are summed over every
 process that ever ran; the two gauges (streams in flight, queue depth) are summed over live processes
-only, which is why the supervisor reports each worker that exits with ``worker_exited``.
+only: a scrape first forgets the workers that have exited (``worker_exited``).
 
 prometheus_client decides when it is first imported whether to write those files, so the variable must
 be set before that: ``prepare`` sets it in the supervisor, the workers inherit it, and ``Metrics``
@@ -120,9 +120,15 @@ class Metrics:
         _child(self._rejections, self._families.rejected, (reason,)).inc()
 
     def render(self) -> tuple[bytes, str]:
-        """The text exposition of every worker's metrics, merged, and its content type."""
+        """The text exposition of every worker's metrics, merged, and its content type.
+
+        A worker that has exited (uvicorn replaces a dead one, and says so to no one) is forgotten first:
+        its gauges no longer count.
+        """
         from prometheus_client import generate_latest
 
+        for pid in _gone(_directory()):
+            worker_exited(pid)
         return generate_latest(self._registry), CONTENT_TYPE
 
 
@@ -185,6 +191,22 @@ def _registry(directory: Path) -> CollectorRegistry:
     registry = CollectorRegistry()
     MultiProcessCollector(registry, path=str(directory))  # type: ignore[no-untyped-call]
     return registry
+
+
+def _gone(directory: Path) -> set[int]:
+    """The processes that left live gauges in ``directory`` and have exited."""
+    pids = {int(path.stem.rpartition("_")[2]) for path in directory.glob("gauge_live*_*.db")}
+    return {pid for pid in pids if not _alive(pid)}
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _directory() -> Path:

@@ -4,6 +4,8 @@ official client. Delays are small, and every timing is measured, never assumed."
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 import threading
 import time
 import uuid
@@ -362,3 +364,25 @@ def test_a_client_that_goes_away_stops_its_paced_stream(index: Path) -> None:
             assert time.perf_counter() - left < 1.0
             time.sleep(0.02)
         healthy(server)
+
+
+def test_the_gauges_of_a_dead_worker_are_forgotten(index: Path) -> None:
+    with MockServer(index, workers=2, itl_ms=100, metrics=True) as server:
+        assert server.pid is not None
+        with httpx.stream("POST", f"{server.base_url}/chat/completions", json={"model": "m", "messages": COUNT, "stream": True}) as response:
+            lines = response.iter_lines()
+            assert next(lines)
+            children = [int(pid) for pid in Path(f"/proc/{server.pid}/task/{server.pid}/children").read_text().split()]
+            workers = [pid for pid in children if b"resource_tracker" not in Path(f"/proc/{pid}/cmdline").read_bytes()]
+            assert len(workers) == 2
+            for pid in workers:
+                os.kill(pid, signal.SIGKILL)
+        # uvicorn starts new workers; the stream their predecessor left counts no more.
+        deadline = time.perf_counter() + 20
+        while True:
+            try:
+                assert metrics(server)[("mockgpt_streams_in_flight", ())] == 0
+                break
+            except httpx.HTTPError:
+                assert time.perf_counter() < deadline
+                time.sleep(0.1)
