@@ -81,17 +81,20 @@ def directory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return tmp_path / "metrics"
 
 
-def run_workers(plans: list[dict[str, Any]]) -> list[int]:
-    """Run one real process per plan, all at once, and return their pids once they have exited."""
+def run_workers(plans: list[dict[str, Any]]) -> list[subprocess.Popen[str]]:
+    """One real process per plan, all at once, each alive once it has recorded its plan until ``end``."""
     workers = [
         subprocess.Popen([sys.executable, "-c", WORKER, json.dumps(plan)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
         for plan in plans
     ]
-    pids = [int(worker.stdout.readline()) for worker in workers if worker.stdout]
     for worker in workers:
-        worker.communicate("")
-        assert worker.returncode == 0
-    return pids
+        assert worker.stdout is not None and int(worker.stdout.readline()) == worker.pid
+    return workers
+
+
+def end(worker: subprocess.Popen[str]) -> None:
+    worker.communicate("")
+    assert worker.returncode == 0
 
 
 def scrape() -> Samples:
@@ -111,8 +114,7 @@ def labels(**pairs: str) -> frozenset[tuple[str, str]]:
 
 
 def test_totals_are_sums_over_processes_and_live_gauges_forget_exited_ones(directory: Path) -> None:
-    pids = run_workers(PLANS)
-    assert len(set(pids)) == 2
+    workers = run_workers(PLANS)
     samples = scrape()
 
     requests = Counter((route, str(status), outcome) for plan in PLANS for route, status, outcome, _ in plan["requests"])
@@ -128,8 +130,10 @@ def test_totals_are_sums_over_processes_and_live_gauges_forget_exited_ones(direc
     assert samples["mockgpt_streams_in_flight", labels()] == (3 - 1) + (1 - 0)
     assert samples["mockgpt_queue_depth", labels()] == (4 - 3) + (2 - 0)
 
-    metrics.worker_exited(pids[0])
+    # A scrape forgets the gauges of a worker that has exited.
+    end(workers[0])
     after = scrape()
+    end(workers[1])
     assert after["mockgpt_streams_in_flight", labels()] == 1
     assert after["mockgpt_queue_depth", labels()] == 2
     # What the exited worker counted stays counted: only its gauges went.
