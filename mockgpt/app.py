@@ -3,10 +3,10 @@
 ``create_app`` is a factory: uvicorn workers call it with no arguments and it reads its settings from
 ``MOCKGPT_*`` environment variables. Every route is served with and without the ``/v1`` prefix.
 
-A hit on ``POST /v1/chat/completions`` that is not streamed, the request a load test sends most,
-is answered by ``FastChat``, an ASGI layer in front of the Litestar app that decodes, looks up and
-renders with the same code the route handler uses; any other request, and any request that would be
-an error, goes to Litestar untouched.
+A hit on ``POST /v1/chat/completions`` or ``POST /v1/responses`` that is not streamed, the request a
+load test sends most, is answered by ``FastChat``, an ASGI layer in front of the Litestar app that
+decodes, looks up and renders with the same code the route handler uses; any other request, and any
+request that would be an error, goes to Litestar untouched.
 """
 
 from __future__ import annotations
@@ -14,9 +14,9 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
 import msgspec
 from litestar import Litestar, Request, Response, Router, get, post
@@ -32,6 +32,8 @@ from mockgpt import render
 from mockgpt.asgi import ASGIApp, Receive, Scope, Send, admissible, read_body, replayed
 from mockgpt.errors import APIError, AuthenticationFailed, BadRequest, MethodNotAllowed, NotFound, PayloadTooLarge
 from mockgpt.reader import Index
+from mockgpt.render_responses import Response as ResponseObject
+from mockgpt.responses import CreateResponse
 from mockgpt.metrics import Metrics
 from mockgpt.service import MODEL_CREATED, Reply, Service, Settings, random_id
 from mockgpt.shared import Local, Remote
@@ -58,17 +60,21 @@ _YIELD_EVERY = 64
 
 
 class FastChat:
-    """Answers non-streamed chat completion hits itself; passes completion requests that carry an
-    ``x-mockgpt-`` header to ``traffic``, and everything else to ``app``."""
+    """Answers non-streamed chat completion and Responses API hits itself; passes completion requests that
+    carry an ``x-mockgpt-`` header to ``traffic``, and everything else to ``app``."""
 
-    paths = frozenset({"/v1/chat/completions", "/chat/completions"})
-    answered = paths | {"/v1/completions", "/completions"}
+    answered = frozenset(
+        {"/v1/chat/completions", "/chat/completions", "/v1/completions", "/completions", "/v1/responses", "/responses"}
+    )
 
     def __init__(self, app: ASGIApp, service: Service, traffic: ASGIApp) -> None:
         self.app = app
         self.service = service
         self.traffic = traffic
-        self._decode = msgspec.json.Decoder(ChatCompletionRequest).decode
+        chat, responses = _hit(ChatCompletionRequest, service.chat), _hit(CreateResponse, service.responses)
+        self._hits = {
+            "/v1/chat/completions": chat, "/chat/completions": chat, "/v1/responses": responses, "/responses": responses
+        }
         api_key = service.settings.api_key
         self._authorization = None if api_key is None else f"Bearer {api_key}".encode()
         self._max_body = service.settings.max_body
@@ -81,11 +87,12 @@ class FastChat:
         if admitted and asked:
             await self.traffic(scope, receive, send)
             return
-        if not admitted or scope["path"] not in self.paths:
+        hit = self._hits.get(scope["path"]) if admitted else None
+        if hit is None:
             await self.app(scope, receive, send)
             return
         body = await read_body(receive)
-        reply = self._answer(body)
+        reply = hit(body)
         if reply is None:
             await self.app(scope, replayed(body, receive), send)
             return
@@ -93,15 +100,27 @@ class FastChat:
         await send({"type": "http.response.start", "status": 200, "headers": headers})
         await send({"type": "http.response.body", "body": reply.body})
 
-    def _answer(self, body: bytes) -> Reply | None:
-        """The reply to a non-streamed hit; None for anything else, which Litestar then answers."""
+
+class _Streamable(Protocol):
+    stream: bool | None
+
+
+R = TypeVar("R", bound=_Streamable)
+
+
+def _hit(request_type: type[R], answer: Callable[[R], Reply]) -> Callable[[bytes], Reply | None]:
+    """What answers a body of ``request_type``: the reply to a non-streamed hit; None for anything else,
+    which Litestar then answers."""
+    decode = msgspec.json.Decoder(request_type).decode
+
+    def hit(body: bytes) -> Reply | None:
         try:
-            request = self._decode(body)
-            if request.stream:
-                return None
-            return self.service.chat(request)
+            request = decode(body)
+            return None if request.stream else answer(request)
         except Exception:
             return None
+
+    return hit
 
 
 # Routes
@@ -210,6 +229,37 @@ async def completions(data: CompletionRequest, request: Request[Any, Any, Any]) 
     return _reply(request.app.state.service.completion(data))
 
 
+@post(
+    ["/responses"],
+    before_request=_strict(CreateResponse),
+    summary="Create a model response",
+    description=(
+        "The recorded answer to this input, after the history of `previous_response_id`; `stream: true` sends"
+        " it as server-sent events, one token an event."
+    ),
+    responses={
+        200: ResponseSpec(data_container=ResponseObject, description="The recorded answer", generate_examples=False),
+        **_ERRORS,
+    },
+    status_code=200,
+)
+async def create_response(data: CreateResponse, request: Request[Any, Any, Any]) -> Response[bytes] | Stream:
+    return _reply(request.app.state.service.responses(data))
+
+
+@get(
+    "/responses/{response_id:str}",
+    summary="Retrieve a model response",
+    description="A response again, read from its id: any worker serving the same index answers it.",
+    responses={
+        200: ResponseSpec(data_container=ResponseObject, description="The response", generate_examples=False),
+        404: ResponseSpec(data_container=ErrorBody, description="No response of this index has this id"),
+    },
+)
+async def retrieve_response(response_id: str, request: Request[Any, Any, Any]) -> Response[bytes]:
+    return Response(request.app.state.service.retrieve(response_id), media_type=_JSON)
+
+
 @get("/models", summary="List models")
 async def list_models() -> ModelList:
     return ModelList(data=[_model(name) for name in MODELS])
@@ -296,7 +346,7 @@ def create_app(settings: Settings | None = None) -> ASGIApp:
 
     settings = settings or Settings.from_env()
     service = Service(settings)
-    api = [chat_completions, completions, list_models, retrieve_model]
+    api = [chat_completions, completions, create_response, retrieve_response, list_models, retrieve_model]
     app = Litestar(
         route_handlers=[
             Router("/v1", route_handlers=api, guards=[_api_key_guard]),
@@ -316,10 +366,16 @@ def create_app(settings: Settings | None = None) -> ASGIApp:
         ),
         debug=False,
     )
-    traffic = _traffic(app, service)  # type: ignore[arg-type]
+    inner: ASGIApp = app  # type: ignore[assignment]
+    if settings.upstream:
+        from mockgpt.record import Recorder
+
+        # Misses go upstream: the layers before this one hand it what they would hand Litestar.
+        inner = Recorder(inner, service)
+    traffic = _traffic(inner, service)
     # Everything built so far lives as long as the process: keep the collector from walking it again and again.
     gc.freeze()
-    return traffic if settings.busy else FastChat(app, service, traffic)  # type: ignore[arg-type]
+    return traffic if settings.busy else FastChat(inner, service, traffic)
 
 
 def _traffic(app: ASGIApp, service: Service) -> Traffic:

@@ -54,11 +54,14 @@ def build(
     hash: Callable[[bytes | memoryview], bytes] = canonical.digest,
     on_progress: Callable[[int], None] | None = None,
     on_warning: Callable[[str], None] | None = None,
+    allow_empty: bool = False,
 ) -> Stats:
     """Index the conversations of ``sources`` into ``output``.
 
     ``partial`` keeps every complete conversation before invalid JSON (warning through ``on_warning``)
     instead of failing. ``jobs`` is the number of tokenizer processes, 0 to tokenize in this one.
+    ``allow_empty`` writes an index of no conversations instead of failing (a record file before its
+    first line).
     """
     started = time.perf_counter()
     sizes = [os.path.getsize(source) for source in sources]
@@ -70,7 +73,7 @@ def build(
         for prepared, measured in _measure(_prepare(conversations, stats), jobs):
             answers = records.encode_answers(prepared, measured)
             writer.add(prepared.framed, [length for length, _ in prepared.keys], answers)
-        if writer.answers == 0:
+        if writer.answers == 0 and not allow_empty:
             raise DatasetError(f"no conversation to index in {', '.join(map(os.fsdecode, sources))}")
         stats.answers, stats.keys, stats.several_answers = writer.answers, writer.keys, writer.several_answers()
         stats.seconds = time.perf_counter() - started

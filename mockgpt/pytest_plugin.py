@@ -1,7 +1,9 @@
 """pytest fixtures for a real mockgpt server; installing mockgpt registers them.
 
 - ``mockgpt_server``: one server for the session, serving ``--mockgpt-index``, the ``mockgpt_index``
-  ini key, ``$MOCKGPT_INDEX``, or else the bundled demo;
+  ini key, ``$MOCKGPT_INDEX``, or else the bundled demo; with ``--mockgpt-record`` (or the
+  ``mockgpt_record`` ini key) it answers what that ``.jsonl`` dataset lacks from ``$OPENAI_BASE_URL``
+  (the OpenAI API by default, with ``$OPENAI_API_KEY``) and appends the answers to it;
 - ``mockgpt_base_url``: its ``http://127.0.0.1:PORT/v1``;
 - ``mockgpt_client``: an ``openai.OpenAI`` pointed at it (skipped if openai is not installed);
 - ``mockgpt_make_server(conversations, **serve_options)``: a server of its own for conversations
@@ -18,24 +20,51 @@ import pytest
 
 from mockgpt.testing import Conversation, MockServer, index_conversations
 
+OPENAI_BASE_URL = "https://api.openai.com/v1"
+
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("mockgpt")
     group.addoption("--mockgpt-index", help="Index or dataset the mockgpt_server fixture serves (default: the demo).")
     parser.addini("mockgpt_index", help="Index or dataset the mockgpt_server fixture serves (default: the demo).")
+    record = "Answer what the --mockgpt-index dataset (.jsonl) lacks from $OPENAI_BASE_URL and append the answers to it."
+    group.addoption("--mockgpt-record", action="store_true", help=record)
+    parser.addini("mockgpt_record", type="bool", default=False, help=record)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # Checked before any test runs: a wrong option is the run's error, not each test's.
+    if _recording(config) and not str(_index_path(config) or "").endswith(".jsonl"):
+        raise pytest.UsageError(
+            "--mockgpt-record appends to the dataset mockgpt_server serves: give one with"
+            " --mockgpt-index or mockgpt_index, an OpenAI chat JSONL file (.jsonl) that may not exist yet"
+        )
+
+
+def _recording(config: pytest.Config) -> bool:
+    return bool(config.getoption("mockgpt_record", False) or config.getini("mockgpt_record"))
+
+
+def _index_path(config: pytest.Config) -> str | None:
+    chosen = config.getoption("mockgpt_index") or config.getini("mockgpt_index")
+    return str(chosen or os.environ.get("MOCKGPT_INDEX") or "") or None
 
 
 @pytest.fixture(scope="session")
 def mockgpt_index_path(pytestconfig: pytest.Config) -> str | None:
     """What ``mockgpt_server`` serves; None for the bundled demo."""
-    chosen = pytestconfig.getoption("mockgpt_index") or pytestconfig.getini("mockgpt_index")
-    return str(chosen or os.environ.get("MOCKGPT_INDEX") or "") or None
+    return _index_path(pytestconfig)
 
 
 @pytest.fixture(scope="session")
-def mockgpt_server(mockgpt_index_path: str | None) -> Iterator[MockServer]:
-    """A mockgpt server on a free loopback port for the whole session."""
-    with MockServer(mockgpt_index_path) as server:
+def mockgpt_server(pytestconfig: pytest.Config, mockgpt_index_path: str | None) -> Iterator[MockServer]:
+    """A mockgpt server on a free loopback port for the whole session; it records misses with
+    ``--mockgpt-record``."""
+    recording: dict[str, Any] = {}
+    if _recording(pytestconfig):
+        # The key stays in the environment, which the server inherits: never on its command line.
+        recording = {"upstream": os.environ.get("OPENAI_BASE_URL") or OPENAI_BASE_URL, "record": mockgpt_index_path}
+    with MockServer(mockgpt_index_path, **recording) as server:
         yield server
 
 

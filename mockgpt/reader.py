@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import mmap
 import os
+import struct
 from collections.abc import Callable, Iterable, Sequence
 from types import TracebackType
 
@@ -58,6 +59,11 @@ class Index:
 
     def find(self, framed: bytes) -> Record | None:
         """The record of framed canonical messages, or None."""
+        found = self.locate(framed)
+        return None if found is None else found[1]
+
+    def locate(self, framed: bytes) -> tuple[int, Record] | None:
+        """The offset and the record of framed canonical messages, or None."""
         digest = self._hash(framed)
         slot = int.from_bytes(digest[:8], "little") & self._mask
         while True:
@@ -69,8 +75,24 @@ class Index:
                 start = record.key_offset
                 # Slicing the map copies, but comparing a memoryview is far slower than a copy and memcmp.
                 if self._map[start : start + record.key_length] == framed:
-                    return record
+                    return offset, record
             slot = (slot + 1) & self._mask
+
+    def record_at(self, offset: int) -> Record | None:
+        """The record at ``offset`` (as ``locate`` gives it); None if no record is there."""
+        if not HEADER.size <= offset < self._table_offset:
+            return None
+        try:
+            record = _record.decode(self._blob(offset))
+        except (msgspec.DecodeError, struct.error):
+            return None
+        # Any bytes may decode as a record by chance: a real one is found by its own key.
+        found = self.locate(self.key_bytes(record)) if record.key_offset + record.key_length <= self._table_offset else None
+        return record if found is not None and found[0] == offset else None
+
+    def key_bytes(self, record: Record) -> bytes:
+        """The framed canonical messages of ``record``'s key."""
+        return self._map[record.key_offset : record.key_offset + record.key_length]
 
     def answer(self, offset: int) -> Answer:
         """The answer stored at ``offset`` (one of a record's ``answers``)."""

@@ -18,7 +18,7 @@ from mockgpt.errors import BadRequest, ConversationNotFound
 from mockgpt.reader import Index
 from mockgpt.records import Answer, Record, StoredCall
 
-__all__ = ["Cut", "Replayer", "argument_pieces", "cut", "pieces"]
+__all__ = ["Cut", "Replayer", "Sent", "argument_pieces", "cut", "framed_answer", "pieces"]
 
 # The roles the API accepts; the dataset's other names for them are not part of the API.
 _API_ROLES = {name: canonical.ROLES[name] for name in ("system", "assistant", "user", "function", "tool", "developer")}
@@ -45,6 +45,23 @@ class Cut(NamedTuple):
     calls: Sequence[StoredCall] = ()
 
 
+class Sent(msgspec.Struct, frozen=True, gc=False):
+    """How a miss names the request's messages: the field they were sent in and what its items are called,
+    and for each message the position of the item it came from."""
+
+    field: str = "messages"
+    noun: str = "message"
+    # Per message, its item's position in ``field`` (None for one sent as ``instructions``); None: its own.
+    places: Sequence[int | None] | None = None
+    # How many items ``field`` held; None: one per message.
+    items: int | None = None
+    # What the messages continue, when they follow a recorded history: "response 'resp_...'".
+    after: str | None = None
+
+
+_CHAT = Sent()
+
+
 class Replayer:
     """Looks requests up in an index; ``ignore_system`` leaves system messages out of the key."""
 
@@ -57,14 +74,19 @@ class Replayer:
     def find(self, messages: Sequence[canonical.Message]) -> Record:
         """The record of request messages; ``BadRequest`` for an unknown role, ``ConversationNotFound``
         saying how far they match if there is no record."""
+        return self.locate(messages)[1]
+
+    def locate(self, messages: Sequence[canonical.Message], history: bytes = b"", sent: Sent = _CHAT) -> tuple[int, Record]:
+        """The offset and record of request messages that follow ``history``, framed messages of a recorded
+        conversation; errors as ``find``, a miss naming the messages as ``sent`` says."""
         try:
             framed = canonical.frame_request(messages, _API_ROLES, self._skip)
         except KeyError:
             raise _bad_role(messages) from None
-        record = self.index.find(framed)
-        if record is None:
-            raise self._not_found(messages)
-        return record
+        found = self.index.locate(history + framed if history else framed)
+        if found is None:
+            raise self._not_found(messages, history, sent)
+        return found
 
     def choose(self, record: Record, n: int, seed: int | None, unkeyed_tokens: int = 0) -> list[Answer]:
         """``n`` answers: from the ``seed``-th (mod their number) or the first, cycling in dataset order.
@@ -86,47 +108,68 @@ class Replayer:
         # What these messages add to a prompt: the reply's priming is counted once, already.
         return tokens.prompt_tokens(counts) - tokens.prompt_tokens([])
 
-    def _not_found(self, messages: Sequence[canonical.Message]) -> ConversationNotFound:
-        # Positions in the request of the messages the key holds.
-        kept = [(n, _API_ROLES[m.role], m) for n, m in enumerate(messages) if _API_ROLES[m.role] != self._skip]
-        pairs = [(role, canonical.normalize(canonical.text_of(m.content))) for _, role, m in kept]
-        matched, answer_next = self._recorded_prefix(pairs)
-        these = "this message" if len(messages) == 1 else f"these {len(messages)} messages"
-        if not matched:
-            detail = f"messages[{kept[0][0] if kept else 0}] already differs from every recorded conversation."
-        elif matched == len(kept):
-            detail = f"messages[0:{len(messages)}] match a recorded conversation, but it has no assistant answer after them."
-        else:
-            first = kept[matched][0]
-            detail = f"messages[0:{first}] match a recorded conversation; messages[{first}] is the first that differs"
-            if answer_next and kept[matched][1] == "assistant":
-                detail += " (no answer recorded there has this text)"
-            elif answer_next:
-                detail += " (the recorded conversation goes on with an assistant answer there)"
-            detail += "."
-        return ConversationNotFound(f"No recorded conversation continues {these}: {detail}", param="messages")
+    def _not_found(self, messages: Sequence[canonical.Message], history: bytes, sent: Sent) -> ConversationNotFound:
+        places = sent.places if sent.places is not None else range(len(messages))
+        # The messages the key holds, with their places in the request.
+        kept = [(places[n], _API_ROLES[m.role], m) for n, m in enumerate(messages) if _API_ROLES[m.role] != self._skip]
+        framed = [
+            canonical.frame_message(role, canonical.normalize(canonical.text_of(m.content)), canonical.calls_of(m))
+            for _, role, m in kept
+        ]
+        matched, answer_next = self._recorded_prefix(history, framed, [role for _, role, _ in kept])
+        items = len(messages) if sent.items is None else sent.items
+        these = f"this {sent.noun}" if items == 1 else f"these {items} {sent.noun}s"
+        if sent.after:
+            these += f" after {sent.after}"
+        detail = _how_far(sent, [place for place, _, _ in kept], [role for _, role, _ in kept], matched, answer_next, items)
+        return ConversationNotFound(f"No recorded conversation continues {these}: {detail}", param=sent.field)
 
-    def _recorded_prefix(self, pairs: list[tuple[str, str]]) -> tuple[int, bool]:
-        """How many of the first (role, normalized text) messages a recorded conversation holds, the most
+    def _recorded_prefix(self, history: bytes, framed: list[bytes], roles: list[str]) -> tuple[int, bool]:
+        """How many of the first framed messages after ``history`` a recorded conversation holds, the most
         found; and whether an answer was recorded right after them.
 
         The index shows a recorded prefix in two places: a key (the messages before an answer), and a key
         followed by one of its answers.
         """
-        framed = [canonical.frame_message(role, text) for role, text in pairs]
         ends = list(accumulate(map(len, framed), initial=0))
-        whole = b"".join(framed)
-        for count in range(len(pairs), 0, -1):
-            if self.index.find(whole[: ends[count]]) is not None:
+        whole = history + b"".join(framed)
+        start = len(history)
+        for count in range(len(framed), 0, -1):
+            if self.index.find(whole[: start + ends[count]]) is not None:
                 return count, True
-            role, text = pairs[count - 1]
-            if role == "assistant" and count > 1:
-                record = self.index.find(whole[: ends[count - 1]])
+            if roles[count - 1] == "assistant" and (count > 1 or history):
+                record = self.index.find(whole[: start + ends[count - 1]])
                 if record is not None and any(
-                    canonical.normalize(self.index.answer(offset).text) == text for offset in record.answers
+                    framed_answer(answer.text, answer.tool_calls) == framed[count - 1]
+                    for answer in map(self.index.answer, record.answers)
                 ):
                     return count, False
         return 0, False
+
+
+def _how_far(sent: Sent, places: list[int | None], roles: list[str], matched: int, answer_next: bool, items: int) -> str:
+    """How far the messages at ``places`` (in ``sent.field``) match a recorded conversation, in words."""
+    field = sent.field
+    if not matched:
+        place = places[0] if places else 0
+        return f"{'instructions' if place is None else f'{field}[{place}]'} already differs from every recorded conversation."
+    if matched == len(places):
+        return f"{field}[0:{items}] match a recorded conversation, but it has no assistant answer after them."
+    # Only the first message can come from ``instructions``, and it matched.
+    first = places[matched] or 0
+    detail = f"{field}[0:{first}] match a recorded conversation; {field}[{first}] is the first that differs"
+    if answer_next and roles[matched] == "assistant":
+        detail += " (no answer recorded there has this text)"
+    elif answer_next:
+        detail += " (the recorded conversation goes on with an assistant answer there)"
+    return detail + "."
+
+
+def framed_answer(text: str, calls: Sequence[StoredCall]) -> bytes:
+    """The framing of a served answer as the next request sends it back: its text and its tool calls."""
+    return canonical.frame_message(
+        "assistant", canonical.normalize(text), [canonical.Call(call.id, call.name, call.arguments) for call in calls]
+    )
 
 
 def cut(answer: Answer, max_tokens: int | None, stop: str | Sequence[str] | None) -> Cut:

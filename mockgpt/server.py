@@ -17,7 +17,7 @@ from uvicorn.supervisors import Multiprocess
 from xxhash import xxh3_64_hexdigest
 
 from mockgpt import metrics
-from mockgpt.errors import IndexFormatError
+from mockgpt.errors import IndexFormatError, MockGPTError
 from mockgpt.reader import Index
 from mockgpt.service import Settings
 from mockgpt.shared import Coordinator
@@ -31,18 +31,22 @@ Progress = Callable[[Path, Path], AbstractContextManager[Callable[[int], None]]]
 yields its ``on_progress(bytes_read)``; the context closes once the index is written or the build failed."""
 
 
-def resolve_index(index: str | os.PathLike[str] | None, *, progress: Progress | None = None) -> Path:
+def resolve_index(
+    index: str | os.PathLike[str] | None, *, progress: Progress | None = None, record: str | os.PathLike[str] | None = None
+) -> Path:
     """The index file to serve: ``index``, else ``$MOCKGPT_INDEX``, else the bundled demo.
 
     A dataset (``.json``/``.jsonl``) is indexed first into ``.mgpt`` beside it, and again whenever it
-    changes, reporting through ``progress``.
+    changes, reporting through ``progress``. The ``record`` file answers are appended to may be that
+    dataset: it is then OpenAI chat JSONL, and may hold no conversation yet.
     """
     index = index or os.environ.get("MOCKGPT_INDEX") or None
     if index is None:
         return demo_index()
     path = Path(index)
     if path.suffix in DATASET_SUFFIXES:
-        return cached_index(path, path.with_suffix(".mgpt"), progress=progress)
+        recording = record is not None and path.resolve() == Path(record).resolve()
+        return cached_index(path, path.with_suffix(".mgpt"), progress=progress, recording=recording)
     return path
 
 
@@ -54,8 +58,9 @@ def demo_index() -> Path:
         return cached_index(path, _cache_directory() / f"demo-{version}.mgpt")
 
 
-def cached_index(source: Path, target: Path, *, progress: Progress | None = None) -> Path:
-    """``target``, built from ``source`` unless it is newer than ``source`` and readable."""
+def cached_index(source: Path, target: Path, *, progress: Progress | None = None, recording: bool = False) -> Path:
+    """``target``, built from ``source`` unless it is newer than ``source`` and readable; ``recording``
+    builds it from an OpenAI chat JSONL record file, possibly empty."""
     if target.exists() and target.stat().st_mtime >= source.stat().st_mtime:
         try:
             Index(target).close()
@@ -69,7 +74,7 @@ def cached_index(source: Path, target: Path, *, progress: Progress | None = None
         nullcontext() if progress is None else progress(source, target)
     )
     with reporting as on_progress:
-        build([source], target, on_progress=on_progress)
+        build([source], target, on_progress=on_progress, format="openai-jsonl" if recording else None, allow_empty=recording)
     return target
 
 
@@ -93,9 +98,11 @@ def serve(
 
     ``settings`` are the fields of ``Settings`` but ``index``: ``api_key``, ``ttft_ms``, ``rpm``, ...
     ``on_ready`` gets the base URL (``http://HOST:PORT/v1``) and the open index once the socket is bound;
-    ``progress`` reports the indexing of a dataset first (see ``Progress``).
+    ``progress`` reports the indexing of a dataset first (see ``Progress``). ``upstream`` and ``record``
+    go together: misses are answered by the upstream and appended to the record file (see ``record``).
     """
-    path = resolve_index(index, progress=progress)
+    record = _record_file(settings)
+    path = resolve_index(index, progress=progress, record=record)
     options = Settings(index=str(path.resolve()), **settings)
     with tempfile.TemporaryDirectory(prefix="mockgpt-") as run:
         if options.metrics:
@@ -110,6 +117,22 @@ def serve(
         finally:
             if coordinator is not None:
                 coordinator.stop()
+
+
+def _record_file(settings: dict[str, Any]) -> str | None:
+    """The record file, absolute and created now: a path that cannot be written fails here rather than
+    in a worker, and a new dataset to record into exists to be indexed. The upstream key goes only
+    where there is an upstream."""
+    upstream, record = settings.get("upstream"), settings.get("record")
+    if bool(upstream) != bool(record):
+        raise MockGPTError("--upstream and --record go together: misses are answered upstream and recorded")
+    if not record:
+        settings["upstream_api_key"] = None
+        return None
+    settings["record"] = record = os.path.abspath(record)
+    # Opened to append, which leaves its modification time, and so its index, as they are.
+    open(record, "ab").close()
+    return str(record)
 
 
 def _run(

@@ -11,8 +11,9 @@ from urllib.parse import quote
 import msgspec
 from xxhash import xxh3_128_hexdigest
 
-from mockgpt import render, replay, tokens
+from mockgpt import render, render_responses, replay, responses, tokens
 from mockgpt.canonical import Message
+from mockgpt.errors import NotFound
 from mockgpt.pacing import Timing
 from mockgpt.reader import Index
 from mockgpt.records import Answer
@@ -54,6 +55,11 @@ class Settings(msgspec.Struct, kw_only=True):
     metrics: bool = False
     # The Unix socket of the coordinator that keeps the shared state of several workers.
     state: str | None = None
+    # Recording misses (record.py): the OpenAI-compatible base URL that answers them, the OpenAI chat
+    # JSONL file they are appended to, and the key sent upstream.
+    upstream: str | None = None
+    record: str | None = None
+    upstream_api_key: str | None = None
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -118,6 +124,7 @@ class Service:
         self.index = Index(settings.index)
         self.replayer = replay.Replayer(self.index, ignore_system=settings.ignore_system)
         self.fingerprint = self.index.fingerprint
+        self.response_ids = responses.ResponseIds(self.index)
 
     def chat(self, request: ChatCompletionRequest) -> Reply:
         record = self.replayer.find(request.messages)
@@ -166,6 +173,29 @@ class Service:
             return _reply(headers, cuts, prompt_tokens, limit, frames=frames)
         body = render.completion(id, created, request.model, self.fingerprint, cuts, prompt_tokens)
         return _reply(headers, cuts, prompt_tokens, limit, body=body)
+
+    def responses(self, request: responses.CreateResponse) -> Reply:
+        """A Responses API hit: the answer to its input, after the history of its ``previous_response_id``."""
+        prompt = responses.prompt(request, self.response_ids)
+        offset, record = self.replayer.locate(prompt.messages, prompt.history, prompt.sent)
+        sent = self.replayer.system_tokens(prompt.messages) if self.settings.ignore_system else 0
+        cut = replay.cut(self.replayer.choose(record, 1, None, sent)[0], request.max_output_tokens, None)
+        unique, created, headers = self._identity("", request, [cut])
+        kept = cut.completion_tokens if cut.finish_reason == "length" else 0
+        id = self.response_ids.make(responses.Served(offset, 0, kept, created, int(unique[:4], 16)))
+        counts = cut.answer.prompt_tokens, cut.completion_tokens, request.max_output_tokens
+        if request.stream:
+            return Reply(headers, b"", render_responses.events(id, created, cut, request), *counts)
+        return Reply(headers, render_responses.response_body(id, created, cut, request), None, *counts)
+
+    def retrieve(self, id: str) -> bytes:
+        """The response object of a response id, as it was served (with the defaults for the request's
+        settings, which the id does not hold); ``NotFound`` if it is not one of this index's."""
+        found = self.response_ids.read(id)
+        if found is None:
+            raise NotFound(f"Response with id '{id}' not found.")
+        served, record = found
+        return render_responses.response_body(id, served.created, self.response_ids.cut(served, record), None)
 
     def _identity(
         self, prefix: str, request: msgspec.Struct, cuts: list[replay.Cut]

@@ -27,6 +27,8 @@ from mockgpt.errors import MockGPTError
 __all__ = ["MockServer", "ServerError", "index_conversations"]
 
 _READY = re.compile(r"^mockgpt: serving .* on (http://\S+)$")
+# Passed in the environment: a command line is visible to every user of the machine.
+_SECRETS = frozenset({"api_key", "upstream_api_key"})
 
 
 class ServerError(MockGPTError):
@@ -59,16 +61,19 @@ class MockServer:
 
     def start(self) -> MockServer:
         command = [sys.executable, "-m", "mockgpt", "serve", "--host", "127.0.0.1", "--port", "0"]
+        env = dict(os.environ)
         if self.index is not None:
             command += ["--index", os.fspath(self.index)]
         for name, value in self.options.items():
             flag = "--" + name.replace("_", "-")
-            if value is True:
+            if name in _SECRETS and value is not None:
+                env[f"MOCKGPT_{name.upper()}"] = str(value)
+            elif value is True:
                 command.append(flag)
             elif value is not None and value is not False:
                 command += [flag, str(value)]
         self._process = subprocess.Popen(
-            command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, text=True
+            command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, text=True, env=env
         )
         lines: queue.Queue[str | None] = queue.Queue()
         assert self._process.stdout is not None

@@ -1,7 +1,7 @@
 """A busy server: faults, rate limits, capacity and pacing, with metrics, in front of the app.
 
 ``create_app`` puts ``Traffic`` in front of the Litestar app in place of ``FastChat`` when one of these
-options is set. It answers every chat and legacy completion hit itself, in this order:
+options is set. It answers every chat, legacy completion and Responses API hit itself, in this order:
 
 1. a fault (by header or at random) answers at once with its error;
 2. the request is looked up, then charged to its API key's rate limits (a miss charges no tokens);
@@ -30,6 +30,7 @@ from mockgpt.errors import APIError, BadRequest
 from mockgpt.faults import Fault
 from mockgpt.metrics import Metrics
 from mockgpt.pacing import Pace, Pacer
+from mockgpt.responses import CreateResponse
 from mockgpt.schema import ChatCompletionRequest, CompletionRequest
 from mockgpt.service import Reply, Service, random_id
 from mockgpt.shared import SharedStateError, State, Verdict
@@ -41,6 +42,8 @@ _ROUTES = {
     "/chat/completions": "/chat/completions",
     "/v1/completions": "/completions",
     "/completions": "/completions",
+    "/v1/responses": "/responses",
+    "/responses": "/responses",
 }
 _KNOWN = {"/models", "/health", "/metrics", "/docs"}
 _JSON_TYPE = (b"content-type", b"application/json")
@@ -78,6 +81,7 @@ class Traffic:
         self._authorization = None if api_key is None else f"Bearer {api_key}".encode()
         self._chat = msgspec.json.Decoder(ChatCompletionRequest).decode
         self._completion = msgspec.json.Decoder(CompletionRequest).decode
+        self._responses = msgspec.json.Decoder(CreateResponse).decode
         logging.getLogger("uvicorn.error").addFilter(_Quiet())
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -141,6 +145,8 @@ class Traffic:
         try:
             if route == "/chat/completions":
                 return self.service.chat(self._chat(body))
+            if route == "/responses":
+                return self.service.responses(self._responses(body))
             return self.service.completion(self._completion(body))
         except Exception:
             return None
@@ -407,4 +413,6 @@ def _label(path: str) -> str:
     path = path.removeprefix("/v1") or "/"
     if path.startswith("/models/"):
         return "/models/{model}"
+    if path.startswith("/responses/"):
+        return "/responses/{id}"
     return path if path in _KNOWN else "other"

@@ -70,3 +70,70 @@ def test_plugin_options_choose_the_index(tmp_path: Path, real_index: Path) -> No
         cwd=tmp_path, capture_output=True, text=True, timeout=300,
     )
     assert "1 passed" in result.stdout, result.stdout[-3000:]
+
+
+RECORDED = '''
+import openai
+import pytest
+
+
+def ask(client, text):
+    return client.chat.completions.create(model="gpt-4o", messages=[{"role": "user", "content": text}]).choices[0].message.content
+
+
+def test_asks(mockgpt_client):
+    assert ask(mockgpt_client, "Ship to Mars?") == "Not yet: Earth only."
+
+
+def test_a_miss_is_a_404_unless_recording(mockgpt_client):
+    with pytest.raises(openai.NotFoundError):
+        ask(mockgpt_client, "Ship to Venus?")
+'''
+
+
+def test_plugin_records_then_replays(tmp_path: Path) -> None:
+    from mockgpt.indexer import build
+    from mockgpt.testing import MockServer
+
+    from .conftest import sharegpt, write_sharegpt
+
+    secret = "sk-upstream-secret-plugin-7c2e"
+    source = write_sharegpt(tmp_path / "upstream.json", [
+        sharegpt("mars", ("human", "Ship to Mars?"), ("gpt", "Not yet: Earth only.")),
+        sharegpt("venus", ("human", "Ship to Venus?"), ("gpt", "Never.")),
+    ])
+    build([source], tmp_path / "upstream.mgpt")
+    suite = tmp_path / "suite"
+    suite.mkdir()
+    (suite / "test_recorded.py").write_text(RECORDED)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MOCKGPT_")}
+
+    def run(*options: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--mockgpt-index", "fixtures.jsonl", *options],
+            cwd=suite, capture_output=True, text=True, env=env, timeout=300,
+        )
+
+    with MockServer(tmp_path / "upstream.mgpt", api_key=secret) as upstream:
+        env |= {"OPENAI_BASE_URL": upstream.base_url, "OPENAI_API_KEY": secret}
+        recorded = run("--mockgpt-record", "-k", "test_asks")
+        assert "1 passed" in recorded.stdout, recorded.stdout[-3000:]
+        # Without the flag, what the fixtures lack stays a 404 though the upstream could answer it.
+        replayed = run()
+        assert "2 passed" in replayed.stdout, replayed.stdout[-3000:]
+    replayed = run()
+    assert "2 passed" in replayed.stdout, replayed.stdout[-3000:]
+    assert (suite / "fixtures.jsonl").read_text().splitlines() == [
+        '{"messages":[{"role":"user","content":"Ship to Mars?"},{"role":"assistant","content":"Not yet: Earth only."}]}'
+    ]
+    assert not any(secret.encode() in path.read_bytes() for path in tmp_path.rglob("*") if path.is_file())
+
+
+def test_recording_needs_a_jsonl_dataset(tmp_path: Path) -> None:
+    (tmp_path / "test_nothing.py").write_text("def test_nothing():\n    pass\n")
+    (tmp_path / "pytest.ini").write_text("[pytest]\nmockgpt_record = true\nmockgpt_index = chats.mgpt\n")
+    result = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider"], cwd=tmp_path, capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode == 4
+    assert "--mockgpt-record appends to the dataset mockgpt_server serves" in result.stderr

