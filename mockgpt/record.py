@@ -289,10 +289,16 @@ class Recorder:
         """Pass a stream on frame by frame as it arrives; record its answers once it is whole."""
         stream = Stream()
         await send({"type": "http.response.start", "status": response.status_code, "headers": _passed(response)})
+        # The end-of-stream marker waits for the record: a client that has its whole answer finds it there.
+        pending = b""
         try:
             async for data in response.aiter_bytes():
-                await send({"type": "http.response.body", "body": data, "more_body": True})
                 stream.feed(data)
+                pending += data
+                ready = _before_done(pending)
+                if ready:
+                    await send({"type": "http.response.body", "body": pending[:ready], "more_body": True})
+                    pending = pending[ready:]
         except httpx.TransportError as error:
             # Returning without ending the body makes the server drop the connection: the client sees the
             # stream cut short, as it was.
@@ -301,11 +307,26 @@ class Recorder:
         finally:
             await response.aclose()
         self._record(body, stream.answers())
-        await send({"type": "http.response.body", "body": b""})
+        await send({"type": "http.response.body", "body": pending})
 
     def _record(self, body: bytes, answers: list[Answer]) -> None:
         if answers:
             self.file.append(_decode_sent(body).messages, answers)
+
+
+_DONE = b"data: [DONE]"
+
+
+def _before_done(pending: bytes) -> int:
+    """How much of ``pending`` may go on before the stream's answers are recorded: all that comes before
+    the end-of-stream marker, or before what may be its first bytes."""
+    at = pending.find(_DONE)
+    if at >= 0:
+        return at
+    for size in range(min(len(_DONE) - 1, len(pending)), 0, -1):
+        if pending.endswith(_DONE[:size]):
+            return len(pending) - size
+    return len(pending)
 
 
 def _recorded(response: httpx.Response) -> list[Answer]:
