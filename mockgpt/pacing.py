@@ -49,10 +49,17 @@ class Clock:
         self._due: dict[int, list[asyncio.Future[None]]] = {}
 
     async def until(self, when: float) -> None:
+        wait = self.due(when)
+        if wait is not None:
+            await wait
+
+    def due(self, when: float) -> asyncio.Future[None] | None:
+        """A future done at ``when``, to the next whole tick; None if that time has come. A stream awaits
+        it for each of its chunks: a plain call, no coroutine made each time."""
         loop = asyncio.get_running_loop()
         slot = math.ceil(when / self.tick)
         if slot * self.tick <= loop.time():
-            return
+            return None
         waiters = self._due.get(slot)
         if waiters is None:
             waiters = self._due[slot] = []
@@ -60,7 +67,7 @@ class Clock:
         # A future of its own, so that cancelling one waiter (its client left) leaves the others waiting.
         future = loop.create_future()
         waiters.append(future)
-        await future
+        return future
 
     def _fire(self, slot: int) -> None:
         for future in self._due.pop(slot):

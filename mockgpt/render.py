@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import TypeVar
 
 import msgspec
@@ -175,6 +175,9 @@ def chat_chunks(
         return b"data: " + _encode(response) + b"\n\n"
 
     frames = [frame(ChunkChoice(index=i, delta=FirstDelta(content=_NO_TEXT.get(cut.content, "")))) for i, cut in enumerate(cuts)]
+    if len(cuts) == 1 and not cuts[0].calls:
+        yield from _text_steps(frame, cuts[0], frames[0], _usage_and_done(id, created, model, fingerprint, cuts, include_usage))
+        return
     for number, step in enumerate(_steps([_deltas(cut) for cut in cuts])):
         if number:
             yield b"".join(frames)
@@ -184,14 +187,42 @@ def chat_chunks(
                 frames.append(frame(ChunkChoice(index=i, delta=delta)))
             if last:
                 frames.append(frame(ChunkChoice(index=i, delta=Delta(), finish_reason=cuts[i].finish_reason)))  # type: ignore[arg-type]
-    if include_usage:
-        last_chunk = ChatCompletionChunkWithUsage(
-            id=id, created=created, model=model, choices=[], usage=usage(cuts[0].answer.prompt_tokens, cuts),
-            system_fingerprint=fingerprint,
-        )
-        frames.append(b"data: " + _encode(last_chunk) + b"\n\n")
-    frames.append(DONE)
+    frames.append(_usage_and_done(id, created, model, fingerprint, cuts, include_usage))
     yield b"".join(frames)
+
+
+def _usage_and_done(
+    id: str, created: int, model: str, fingerprint: str, cuts: Sequence[replay.Cut], include_usage: bool
+) -> bytes:
+    """What ends a chat stream: the usage chunk if asked, and ``data: [DONE]``."""
+    if not include_usage:
+        return DONE
+    last = ChatCompletionChunkWithUsage(
+        id=id, created=created, model=model, choices=[], usage=usage(cuts[0].answer.prompt_tokens, cuts), system_fingerprint=fingerprint
+    )
+    return b"data: " + _encode(last) + b"\n\n" + DONE
+
+
+# Where a text chunk's JSON string goes in its template; a string's JSON never holds a raw NUL.
+_SLOT = b"\x00"
+
+
+def _text_steps(frame: Callable[[ChunkChoice], bytes], cut: replay.Cut, head: bytes, end: bytes) -> Iterator[bytes]:
+    """The steps of one choice of text alone, the stream most requests ask for: each token's chunk is its
+    JSON string spliced into the chunk's bytes, made once."""
+    prefix, suffix = frame(ChunkChoice(index=0, delta=Delta(content=msgspec.Raw(_SLOT)))).split(_SLOT)  # type: ignore[arg-type]
+    pending = head
+    started = False
+    for piece in replay.pieces(cut):
+        token = prefix + _encode(piece) + suffix
+        if started:
+            yield pending
+            pending = token
+        else:
+            pending += token
+            started = True
+    finish = frame(ChunkChoice(index=0, delta=Delta(), finish_reason=cut.finish_reason))  # type: ignore[arg-type]
+    yield pending + finish + end
 
 
 def completion(id: str, created: int, model: str, fingerprint: str, cuts: Sequence[replay.Cut], prompt_tokens: int) -> bytes:

@@ -215,12 +215,16 @@ class Traffic:
         stop = fault.value if fault.kind in ("disconnect", "stall") else -1
         loop = asyncio.get_running_loop()
         due = loop.time() + pace.first if pace else 0.0
+        # Bound once: this loop runs for every chunk of every stream.
+        clock_due, now, spread = (self.pacer.clock.due, loop.time, self.pacer.spread) if self.pacer else (None, loop.time, None)
         for number, step in enumerate(frames):
             if number == stop:
                 break
-            if pace is not None and self.pacer is not None:
-                await self.pacer.clock.until(due)
-                due = max(due + self.pacer.spread(pace.gap), loop.time())
+            if pace is not None and clock_due is not None and spread is not None:
+                wait = clock_due(due)
+                if wait is not None:
+                    await wait
+                due = max(due + spread(pace.gap), now())
             elif not (number + 1) % _YIELD_EVERY:
                 await asyncio.sleep(0)
             await send({"type": "http.response.body", "body": step, "more_body": True})

@@ -43,8 +43,9 @@ def server(index: Path) -> Iterator[MockServer]:
 
 
 @pytest.fixture
-def client(server: MockServer) -> openai.OpenAI:
-    return openai.OpenAI(base_url=server.base_url, api_key="test", max_retries=0)
+def client(server: MockServer) -> Iterator[openai.OpenAI]:
+    with openai.OpenAI(base_url=server.base_url, api_key="test", max_retries=0) as client:
+        yield client
 
 
 def user(text: str) -> list[dict[str, str]]:
@@ -361,12 +362,11 @@ def test_system_message_counts(client: openai.OpenAI) -> None:
 
 
 def test_ignore_system(index: Path, server: MockServer) -> None:
-    plain = openai.OpenAI(base_url=server.base_url, api_key="test", max_retries=0)
-    recorded = plain.chat.completions.create(model="gpt-4o", messages=user("Hello!")).usage  # type: ignore[arg-type]
+    with openai.OpenAI(base_url=server.base_url, api_key="test", max_retries=0) as plain:
+        recorded = plain.chat.completions.create(model="gpt-4o", messages=user("Hello!")).usage  # type: ignore[arg-type]
     system = "You are a helpful assistant."
     developer = "Answer in English."
-    with MockServer(index, ignore_system=True) as ignoring:
-        client = openai.OpenAI(base_url=ignoring.base_url, api_key="test", max_retries=0)
+    with MockServer(index, ignore_system=True) as ignoring, openai.OpenAI(base_url=ignoring.base_url, api_key="test", max_retries=0) as client:
         messages = [{"role": "system", "content": system}, *user("Hello!"), {"role": "developer", "content": developer}]
         completion = client.chat.completions.create(model="gpt-4o", messages=messages)  # type: ignore[arg-type]
         assert completion.choices[0].message.content == HELLOS[0]
