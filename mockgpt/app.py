@@ -29,7 +29,7 @@ from litestar.response import Stream
 from litestar.static_files import create_static_files_router
 
 from mockgpt import render
-from mockgpt.asgi import ASGIApp, Receive, Scope, Send, admissible, read_body, replayed
+from mockgpt.asgi import JSON_TYPE, ASGIApp, Receive, Scope, Send, admissible, read_body, replayed
 from mockgpt.errors import APIError, AuthenticationFailed, BadRequest, MethodNotAllowed, NotFound, PayloadTooLarge
 from mockgpt.reader import Index
 from mockgpt.render_responses import Response as ResponseObject
@@ -55,7 +55,6 @@ logger = logging.getLogger("mockgpt")
 
 MODELS = ["gpt-4o", "gpt-4o-mini", "gpt-4.1", "gpt-4.1-mini", "gpt-4-turbo", "gpt-3.5-turbo", "o3-mini", "mockgpt"]
 _JSON = "application/json"
-_JSON_TYPE = (b"content-type", b"application/json")
 _YIELD_EVERY = 64
 
 
@@ -96,7 +95,7 @@ class FastChat:
         if reply is None:
             await self.app(scope, replayed(body, receive), send)
             return
-        headers = [_JSON_TYPE, (b"content-length", str(len(reply.body)).encode()), *reply.headers]
+        headers = [JSON_TYPE, (b"content-length", str(len(reply.body)).encode()), *reply.headers]
         await send({"type": "http.response.start", "status": 200, "headers": headers})
         await send({"type": "http.response.body", "body": reply.body})
 

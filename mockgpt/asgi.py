@@ -5,12 +5,14 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
-__all__ = ["ASGIApp", "Receive", "Scope", "Send", "admissible", "read_body", "replayed"]
+__all__ = ["JSON_TYPE", "ASGIApp", "Receive", "Scope", "Send", "admissible", "read_body", "replayed", "send_whole"]
 
 Scope = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
 Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+JSON_TYPE = (b"content-type", b"application/json")
 
 
 async def read_body(receive: Receive) -> bytes:
@@ -57,3 +59,10 @@ def admissible(scope: Scope, authorization: bytes | None, max_body: int) -> tupl
         elif name.startswith(b"x-mockgpt-"):
             asked = True
     return authorized and 0 <= length <= max_body, asked
+
+
+async def send_whole(send: Send, status: int, headers: list[tuple[bytes, bytes]], body: bytes) -> None:
+    """A whole response: ``headers`` and its length, then ``body``."""
+    headers = [*headers, (b"content-length", b"%d" % len(body))]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})

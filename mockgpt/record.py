@@ -30,7 +30,7 @@ import httpx
 import msgspec
 
 from mockgpt import render
-from mockgpt.asgi import ASGIApp, Receive, Scope, Send, admissible, read_body, replayed
+from mockgpt.asgi import JSON_TYPE, ASGIApp, Receive, Scope, Send, admissible, read_body, replayed, send_whole
 from mockgpt.errors import ConversationNotFound
 from mockgpt.schema import ChatCompletionRequest
 from mockgpt.service import Service
@@ -277,13 +277,13 @@ class Recorder:
             status, message = (504, "timed out") if isinstance(error, httpx.TimeoutException) else (502, "could not be reached")
             logger.warning("upstream %s %s: %s", self.url, message, type(error).__name__)
             body = render.error_body(f"The upstream endpoint {message} ({type(error).__name__}).", "server_error", None, "upstream_error")
-            await _send_whole(send, status, [(b"content-type", b"application/json")], body)
+            await send_whole(send, status, [JSON_TYPE], body)
             return
         if streamed:
             await self._relay(body, response, send)
             return
         self._record(body, _recorded(response))
-        await _send_whole(send, response.status_code, _passed(response), response.content)
+        await send_whole(send, response.status_code, _passed(response), response.content)
 
     async def _relay(self, body: bytes, response: httpx.Response, send: Send) -> None:
         """Pass a stream on frame by frame as it arrives; record its answers once it is whole."""
@@ -342,8 +342,3 @@ def _recorded(response: httpx.Response) -> list[Answer]:
 def _passed(response: httpx.Response) -> list[tuple[bytes, bytes]]:
     names = ((name.lower(), value) for name, value in response.headers.raw)
     return [(name, value) for name, value in names if name in _PASSED or name.startswith(_RATE_LIMIT)]
-
-
-async def _send_whole(send: Send, status: int, headers: list[tuple[bytes, bytes]], body: bytes) -> None:
-    await send({"type": "http.response.start", "status": status, "headers": [*headers, (b"content-length", b"%d" % len(body))]})
-    await send({"type": "http.response.body", "body": body})

@@ -25,7 +25,7 @@ from typing import Any
 import msgspec
 
 from mockgpt import faults, render
-from mockgpt.asgi import ASGIApp, Receive, Scope, Send, admissible, read_body, replayed
+from mockgpt.asgi import JSON_TYPE, ASGIApp, Receive, Scope, Send, admissible, read_body, replayed, send_whole
 from mockgpt.errors import APIError, BadRequest
 from mockgpt.faults import Fault
 from mockgpt.metrics import Metrics
@@ -46,7 +46,6 @@ _ROUTES = {
     "/responses": "/responses",
 }
 _KNOWN = {"/models", "/health", "/metrics", "/docs"}
-_JSON_TYPE = (b"content-type", b"application/json")
 _STREAM_HEADERS = [(b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache")]
 _YIELD_EVERY = 64
 TTFT, ITL = "x-mockgpt-ttft-ms", "x-mockgpt-itl-ms"
@@ -108,7 +107,7 @@ class Traffic:
                 await _send_error(send, 500, render.error_body(str(error), "server_error"))
         elif self.metrics is not None and scope["path"] == "/metrics" and scope["method"] == "GET":
             body, content_type = self.metrics.render()
-            await _send_whole(send, 200, [(b"content-type", content_type.encode())], body)
+            await send_whole(send, 200, [(b"content-type", content_type.encode())], body)
         else:
             await self.app(scope, receive, send)
 
@@ -198,7 +197,7 @@ class Traffic:
             ready = asyncio.get_running_loop().time() + self.pacer.whole(pace, reply.completion_tokens)
             if await _until_gone(self.pacer.clock.until(ready), receive) is _GONE:
                 return
-        headers = [_JSON_TYPE, (b"content-length", b"%d" % len(reply.body)), *reply.headers, *extra]
+        headers = [JSON_TYPE, (b"content-length", b"%d" % len(reply.body)), *reply.headers, *extra]
         await send({"type": "http.response.start", "status": 200, "headers": headers})
         if fault.kind == "disconnect":
             _dropped.set(True)
@@ -401,15 +400,9 @@ def _adding(send: Send, extra: list[tuple[bytes, bytes]]) -> Send:
     return adding
 
 
-async def _send_whole(send: Send, status: int, headers: list[tuple[bytes, bytes]], body: bytes) -> None:
-    headers = [*headers, (b"content-length", b"%d" % len(body))]
-    await send({"type": "http.response.start", "status": status, "headers": headers})
-    await send({"type": "http.response.body", "body": body})
-
-
 async def _send_error(send: Send, status: int, body: bytes, extra: list[tuple[bytes, bytes]] = []) -> None:
     request_id = (b"x-request-id", b"req_" + random_id().encode())
-    await _send_whole(send, status, [_JSON_TYPE, request_id, *extra], body)
+    await send_whole(send, status, [JSON_TYPE, request_id, *extra], body)
 
 
 def _label(path: str) -> str:
