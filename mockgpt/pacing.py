@@ -5,8 +5,9 @@ prompt's tokens), then writes one token per step (the inter-token latency). A st
 each step's chunks when the step is done; a whole answer leaves when its last step would have. Jitter
 spreads every interval by up to ``jitter`` of itself, from a seeded generator, so a run can be repeated.
 
-Timers are shared: every wait due in the same millisecond is woken by one timer, so that thousands of
-streams cost a thousand timers a second rather than one per chunk per stream.
+Timers are shared: everything due in the same millisecond is done from one timer, so that thousands of
+streams cost a thousand timers a second rather than one per chunk per stream, and a streamed chunk is
+sent from that timer's callback rather than from a task woken for it.
 """
 
 from __future__ import annotations
@@ -14,11 +15,19 @@ from __future__ import annotations
 import asyncio
 import math
 import random
-from typing import NamedTuple
+import types
+from collections.abc import Callable, Coroutine, Generator, Iterator
+from functools import partial
+from typing import Any, NamedTuple, cast
 
 import msgspec
 
+from mockgpt.asgi import Send
+
 __all__ = ["Clock", "Pace", "Pacer", "Timing"]
+
+# The most frames a stream sends at one tick, however short its gap: the others' turn comes first.
+_MOST_AT_ONCE = 64
 
 
 class Timing(msgspec.Struct, frozen=True, kw_only=True):
@@ -42,37 +51,131 @@ class Pace(NamedTuple):
 
 
 class Clock:
-    """Waits until a time of the event loop's clock, to the next whole ``tick`` (seconds)."""
+    """Calls back at times of the event loop's clock, to the next whole ``tick`` (seconds): everything due
+    in the same tick is called from one timer."""
 
     def __init__(self, tick: float = 0.001) -> None:
         self.tick = tick
-        self._due: dict[int, list[asyncio.Future[None]]] = {}
+        self._due: dict[int, list[Callable[[], object]]] = {}
 
     async def until(self, when: float) -> None:
-        wait = self.due(when)
-        if wait is not None:
-            await wait
-
-    def due(self, when: float) -> asyncio.Future[None] | None:
-        """A future done at ``when``, to the next whole tick; None if that time has come. A stream awaits
-        it for each of its chunks: a plain call, no coroutine made each time."""
         loop = asyncio.get_running_loop()
-        slot = math.ceil(when / self.tick)
-        if slot * self.tick <= loop.time():
-            return None
-        waiters = self._due.get(slot)
-        if waiters is None:
-            waiters = self._due[slot] = []
+        if when > loop.time():
+            # A future of its own, so that cancelling one waiter (its client left) leaves the others waiting.
+            future = loop.create_future()
+            self.later(when, partial(_release, future))
+            await future
+
+    def later(self, when: float, callback: Callable[[], object]) -> None:
+        """Call ``callback`` at ``when``, to the next whole tick: never before the next tick, however soon."""
+        loop = asyncio.get_running_loop()
+        slot = max(math.ceil(when / self.tick), math.floor(loop.time() / self.tick) + 1)
+        callbacks = self._due.get(slot)
+        if callbacks is None:
+            callbacks = self._due[slot] = []
             loop.call_at(slot * self.tick, self._fire, slot)
-        # A future of its own, so that cancelling one waiter (its client left) leaves the others waiting.
-        future = loop.create_future()
-        waiters.append(future)
-        return future
+        callbacks.append(callback)
 
     def _fire(self, slot: int) -> None:
-        for future in self._due.pop(slot):
-            if not future.done():
-                future.set_result(None)
+        for callback in self._due.pop(slot):
+            callback()
+
+
+def _release(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
+
+
+class _Beat:
+    """Sends a stream's frames at its pace, each from the clock's tick when it is due: a chunk costs no
+    timer and no task switch of its own. ``send`` is stepped by hand, which finishes at once unless the
+    client reads more slowly than the stream is written; then the stream's task finishes that send, and
+    the beat goes on from the next frame's time.
+    """
+
+    def __init__(self, clock: Clock, frames: Iterator[bytes], send: Send, gap: float, spread: Callable[[float], float]) -> None:
+        self._clock = clock
+        self._frames = frames
+        # An ASGI server's send is a coroutine function, and a coroutine can be stepped by hand.
+        self._send = cast(Callable[[dict[str, Any]], Coroutine[Any, Any, None]], send)
+        self._gap = gap
+        self._spread = spread
+        self._now = asyncio.get_running_loop().time
+        self._due = 0.0
+        # Done when the stream's task is to go on: the frames are all sent, or one failed, or a send waits.
+        self._step_done: asyncio.Future[None] | None = None
+        # A send stepped by hand that waits for what it yielded, for the task to finish.
+        self._waiting: tuple[Coroutine[Any, Any, None], Any] | None = None
+
+    async def run(self, first: float) -> None:
+        """Send the frames, the first at the loop's time ``first``, each further one a gap later."""
+        loop = asyncio.get_running_loop()
+        self._due = first
+        while True:
+            self._step_done = loop.create_future()
+            if self._due > loop.time():
+                self._clock.later(self._due, self._step)
+            else:
+                self._step()
+            try:
+                await self._step_done
+            except asyncio.CancelledError:
+                if self._waiting is not None:
+                    # Cancelled just as a send began to wait: the send goes with the stream.
+                    self._waiting[0].close()
+                raise
+            if self._waiting is None:
+                return
+            waiting, self._waiting = self._waiting, None
+            await _finish(*waiting)
+
+    def _step(self) -> None:
+        done = self._step_done
+        assert done is not None
+        if done.done():
+            # The stream's task was cancelled: its client went away.
+            return
+        try:
+            # Whatever is due by now goes now: more than one frame when the gap is shorter than a tick.
+            now = self._now()
+            for _ in range(_MOST_AT_ONCE):
+                frame = next(self._frames, None)
+                if frame is None:
+                    done.set_result(None)
+                    return
+                self._due += self._spread(self._gap)
+                if self._due < now - self._clock.tick:
+                    # Late, as a busy server is: the stream goes on from now, rather than catch up in a burst.
+                    self._due = now
+                sending = self._send({"type": "http.response.body", "body": frame, "more_body": True})
+                try:
+                    waiting = sending.send(None)
+                except StopIteration:
+                    if self._due > now:
+                        break
+                else:
+                    self._waiting = sending, waiting
+                    done.set_result(None)
+                    return
+            self._clock.later(self._due, self._step)
+        except Exception as error:
+            done.set_exception(error)
+
+
+@types.coroutine
+def _finish(coroutine: Coroutine[Any, Any, None], waiting: Any) -> Generator[Any, Any, None]:
+    """Finish ``coroutine``, stepped by hand until it waited for ``waiting``, in the running task."""
+    while True:
+        try:
+            value = yield waiting
+        except BaseException as error:  # the task was cancelled: so is what it waited for
+            step = partial(coroutine.throw, error)
+        else:
+            step = partial(coroutine.send, value)
+        try:
+            waiting = step()
+        except StopIteration:
+            return
 
 
 class Pacer:
@@ -93,6 +196,12 @@ class Pacer:
         """``seconds``, moved by up to ``jitter`` of itself either way."""
         jitter = self.timing.jitter
         return seconds * (1 + jitter * (2 * self._random.random() - 1)) if jitter else seconds
+
+    async def stream(self, frames: Iterator[bytes], send: Send, pace: Pace) -> None:
+        """Send ``frames`` as ASGI body messages: the first once ``pace.first`` has passed, each further one
+        ``pace.gap`` after the one before."""
+        first = asyncio.get_running_loop().time() + pace.first
+        await _Beat(self.clock, frames, send, pace.gap, self.spread).run(first)
 
     def whole(self, pace: Pace, tokens: int) -> float:
         """Seconds until the last of ``tokens`` is written."""

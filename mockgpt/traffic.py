@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import itertools
 import logging
 import math
 import time
@@ -211,23 +212,13 @@ class Traffic:
 
         Returns "dropped" if the connection is to be dropped, "sent" if the stream was sent whole.
         """
-        stop = fault.value if fault.kind in ("disconnect", "stall") else -1
-        loop = asyncio.get_running_loop()
-        due = loop.time() + pace.first if pace else 0.0
-        # Bound once: this loop runs for every chunk of every stream.
-        clock_due, now, spread = (self.pacer.clock.due, loop.time, self.pacer.spread) if self.pacer else (None, loop.time, None)
-        for number, step in enumerate(frames):
-            if number == stop:
-                break
-            if pace is not None and clock_due is not None and spread is not None:
-                wait = clock_due(due)
-                if wait is not None:
-                    await wait
-                due = max(due + spread(pace.gap), now())
-            elif not (number + 1) % _YIELD_EVERY:
-                await asyncio.sleep(0)
-            await send({"type": "http.response.body", "body": step, "more_body": True})
+        cut = fault.kind in ("disconnect", "stall")
+        sent = itertools.islice(frames, fault.value) if cut else frames
+        if pace is not None and self.pacer is not None:
+            await self.pacer.stream(sent, send, pace)
         else:
+            await _unpaced(sent, send)
+        if not cut or next(frames, None) is None:
             await send({"type": "http.response.body", "body": b""})
             return "sent"
         if fault.kind == "stall":
@@ -287,6 +278,14 @@ class _Watch:
         elif self.first is None and message.get("body"):
             self.first = time.perf_counter()
         await self._send(message)
+
+
+async def _unpaced(frames: Iterator[bytes], send: Send) -> None:
+    """Send ``frames`` as fast as the client takes them, letting other requests in now and then."""
+    for number, frame in enumerate(frames, 1):
+        if not number % _YIELD_EVERY:
+            await asyncio.sleep(0)
+        await send({"type": "http.response.body", "body": frame, "more_body": True})
 
 
 _GONE = object()

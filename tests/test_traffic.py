@@ -4,8 +4,10 @@ official client. Delays are small, and every timing is measured, never assumed."
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
+import socket
 import threading
 import time
 import uuid
@@ -364,6 +366,42 @@ def test_a_client_that_goes_away_stops_its_paced_stream(index: Path) -> None:
             assert time.perf_counter() - left < 1.0
             time.sleep(0.02)
         healthy(server)
+
+
+def test_a_client_that_reads_slowly_gets_its_whole_paced_stream(tmp_path: Path) -> None:
+    """A stream far larger than the sockets' buffers, to a client that reads nothing for a second: the
+    server's sends wait for the client, then the rest follows, every chunk in order."""
+    answer = " ".join(f"w{n}" for n in range(20_000))
+    index = tmp_path / "long.mgpt"
+    build([write_sharegpt(tmp_path / "long.json", [sharegpt("long", ("human", "Go."), ("gpt", answer))])], index)
+    body = json.dumps({"model": "m", "messages": [{"role": "user", "content": "Go."}], "stream": True}).encode()
+    with MockServer(index, deterministic=True) as server:
+        expected = httpx.post(f"{server.base_url}/chat/completions", content=body).content
+    with MockServer(index, deterministic=True, itl_ms=0.01) as server:
+        with socket.socket() as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            sock.connect(("127.0.0.1", int(server.url.rsplit(":", 1)[1])))
+            head = b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\nconnection: close\r\ncontent-length: %d\r\n\r\n"
+            sock.sendall(head % len(body) + body)
+            time.sleep(1)
+            response = b"".join(iter(lambda: sock.recv(1 << 16), b""))
+        assert httpx.get(f"{server.url}/health").status_code == 200
+    assert len(expected) > 10_000_000
+    assert dechunked(response) == expected
+
+
+def dechunked(response: bytes) -> bytes:
+    """The body of a whole HTTP/1.1 response with a chunked body."""
+    head, _, rest = response.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200") and b"transfer-encoding: chunked" in head
+    parts, position = [], 0
+    while True:
+        end = rest.index(b"\r\n", position)
+        size = int(rest[position:end], 16)
+        if not size:
+            return b"".join(parts)
+        parts.append(rest[end + 2 : end + 2 + size])
+        position = end + 4 + size
 
 
 def test_the_gauges_of_a_dead_worker_are_forgotten(index: Path) -> None:
