@@ -143,10 +143,9 @@ class _Beat:
                 if frame is None:
                     done.set_result(None)
                     return
-                self._due += self._spread(self._gap)
-                if self._due < now - self._clock.tick:
-                    # Late, as a busy server is: the stream goes on from now, rather than catch up in a burst.
-                    self._due = now
+                # The next frame's time: a gap after this one's. One sent more than a tick late moves the
+                # beat, as a busy model writes more slowly: a late stream does not catch up in a burst.
+                self._due = max(self._due, now - self._clock.tick) + self._spread(self._gap)
                 sending = self._send({"type": "http.response.body", "body": frame, "more_body": True})
                 try:
                     waiting = sending.send(None)

@@ -205,16 +205,25 @@ def _usage_and_done(
 
 # Where a text chunk's JSON string goes in its template; a string's JSON never holds a raw NUL.
 _SLOT = b"\x00"
+# The bytes JSON escapes in a string (msgspec writes every other character as its UTF-8 bytes).
+_ESCAPED = bytes(range(0x20)) + b'"\\'
 
 
 def _text_steps(frame: Callable[[ChunkChoice], bytes], cut: replay.Cut, head: bytes, end: bytes) -> Iterator[bytes]:
     """The steps of one choice of text alone, the stream most requests ask for: each token's chunk is its
     JSON string spliced into the chunk's bytes, made once."""
     prefix, suffix = frame(ChunkChoice(index=0, delta=Delta(content=msgspec.Raw(_SLOT)))).split(_SLOT)  # type: ignore[arg-type]
+    pieces: Iterator[bytes] = replay.utf8_pieces(cut)
+    text = cut.answer.text.encode()
+    if len(text.translate(None, _ESCAPED)) == len(text):
+        # Nothing to escape, the common case: a token's JSON string is its UTF-8 bytes in quotes.
+        prefix, suffix = prefix + b'"', b'"' + suffix
+    else:
+        pieces = (_encode(piece.decode()) for piece in pieces)
     pending = head
     started = False
-    for piece in replay.pieces(cut):
-        token = prefix + _encode(piece) + suffix
+    for piece in pieces:
+        token = prefix + piece + suffix
         if started:
             yield pending
             pending = token

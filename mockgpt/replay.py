@@ -5,7 +5,6 @@ Nothing here knows HTTP; the app decodes requests into ``schema`` structs and re
 
 from __future__ import annotations
 
-import codecs
 from bisect import bisect_left
 from collections.abc import Iterator, Sequence
 from itertools import accumulate
@@ -214,24 +213,34 @@ def _with_calls(answer: Answer, text: str, tokens: int, end: int, max_tokens: in
 
 def pieces(cut: Cut) -> Iterator[str]:
     """The cut answer's text one recorded token at a time; a token ending inside a character joins the next."""
+    return map(bytes.decode, utf8_pieces(cut))
+
+
+def utf8_pieces(cut: Cut) -> Iterator[bytes]:
+    """``pieces``, encoded."""
     data = cut.answer.text.encode()
-    return _decoded(data, cut.answer.token_lengths, len(data) if cut.end is None else cut.end)
+    return _split(data, cut.answer.token_lengths, len(data) if cut.end is None else cut.end)
 
 
 def argument_pieces(call: StoredCall) -> Iterator[str]:
     """A tool call's arguments one recorded token at a time."""
     data = call.arguments.encode()
-    return _decoded(data, call.token_lengths, len(data))
+    return map(bytes.decode, _split(data, call.token_lengths, len(data)))
 
 
-def _decoded(data: bytes, token_lengths: bytes, end: int) -> Iterator[str]:
-    decoder = codecs.getincrementaldecoder("utf-8")(errors="ignore")
-    start = 0
+def _split(data: bytes, token_lengths: bytes, end: int) -> Iterator[bytes]:
+    """``data[:end]`` cut after each token, or before the character a token ends inside of (the last
+    piece leaves out a character that ``end`` cuts)."""
+    start = stop = 0
+    size = len(data)
     for length in token_lengths:
-        stop = min(start + length + 1, end)
-        text = decoder.decode(data[start:stop])
-        if text:
-            yield text
-        start = stop
-        if start >= end:
+        stop = min(stop + length + 1, end)
+        cut = stop
+        # Back to the start of the character: UTF-8 continuation bytes are 0b10xxxxxx.
+        while cut < size and data[cut] & 0xC0 == 0x80:
+            cut -= 1
+        if cut > start:
+            yield data[start:cut]
+            start = cut
+        if stop >= end:
             return

@@ -12,7 +12,7 @@ from mockgpt.indexer import build
 
 from .conftest import sharegpt, write_sharegpt
 
-ANSWERS = ["Hi! 👋 Ça va? 日本語も大丈夫です。", "", "x" * 300]
+ANSWERS = ["Hi! 👋 Ça va? 日本語も大丈夫です。", "", "x" * 300, "Quoted: \"yes\",\n\ttabbed \\ and 👋 too."]
 
 
 @pytest.fixture(scope="module")
