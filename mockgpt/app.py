@@ -29,7 +29,7 @@ from litestar.response import Stream
 from litestar.static_files import create_static_files_router
 
 from mockgpt import render
-from mockgpt.asgi import JSON_TYPE, ASGIApp, Receive, Scope, Send, admissible, read_body, replayed
+from mockgpt.asgi import IN_A_ROW, JSON_TYPE, ASGIApp, Receive, Scope, Send, admissible, read_body, replayed
 from mockgpt.errors import APIError, AuthenticationFailed, BadRequest, MethodNotAllowed, NotFound, PayloadTooLarge
 from mockgpt.reader import Index
 from mockgpt.render_responses import Response as ResponseObject
@@ -55,7 +55,6 @@ logger = logging.getLogger("mockgpt")
 
 MODELS = ["gpt-4o", "gpt-4o-mini", "gpt-4.1", "gpt-4.1-mini", "gpt-4-turbo", "gpt-3.5-turbo", "o3-mini", "mockgpt"]
 _JSON = "application/json"
-_YIELD_EVERY = 64
 
 
 class FastChat:
@@ -154,7 +153,7 @@ def _reply(reply: Reply) -> Response[bytes] | Stream:
             yield frame
             # Writing a frame rarely waits, so let the loop run now and then: other requests get their
             # turn, and Litestar's disconnect watcher can cancel a stream whose client has gone.
-            if not number % _YIELD_EVERY:
+            if not number % IN_A_ROW:
                 await asyncio.sleep(0)
 
     return Stream(stream(), media_type="text/event-stream", headers={**headers, "cache-control": "no-cache"})

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
-__all__ = ["JSON_TYPE", "ASGIApp", "Receive", "Scope", "Send", "admissible", "read_body", "replayed", "send_whole"]
+__all__ = ["IN_A_ROW", "JSON_TYPE", "ASGIApp", "Receive", "Scope", "Send", "admissible", "read_body", "replayed", "send_whole"]
 
 Scope = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
@@ -13,6 +13,9 @@ Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 JSON_TYPE = (b"content-type", b"application/json")
+
+# The most frames a stream sends in a row before the other requests get their turn (writing rarely waits).
+IN_A_ROW = 64
 
 
 async def read_body(receive: Receive) -> bytes:

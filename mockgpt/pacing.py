@@ -22,12 +22,9 @@ from typing import Any, NamedTuple, cast
 
 import msgspec
 
-from mockgpt.asgi import Send
+from mockgpt.asgi import IN_A_ROW, Send
 
 __all__ = ["Clock", "Pace", "Pacer", "Timing"]
-
-# The most frames a stream sends at one tick, however short its gap: the others' turn comes first.
-_MOST_AT_ONCE = 64
 
 
 class Timing(msgspec.Struct, frozen=True, kw_only=True):
@@ -52,11 +49,11 @@ class Pace(NamedTuple):
 
 class Clock:
     """Calls back at times of the event loop's clock, to the next whole ``tick`` (seconds): everything due
-    in the same tick is called from one timer."""
+    in the same tick is called from one timer, with the loop's time as it fired."""
 
     def __init__(self, tick: float = 0.001) -> None:
         self.tick = tick
-        self._due: dict[int, list[Callable[[], object]]] = {}
+        self._due: dict[int, list[Callable[[float], object]]] = {}
 
     async def until(self, when: float) -> None:
         loop = asyncio.get_running_loop()
@@ -66,10 +63,14 @@ class Clock:
             self.later(when, partial(_release, future))
             await future
 
-    def later(self, when: float, callback: Callable[[], object]) -> None:
-        """Call ``callback`` at ``when``, to the next whole tick: never before the next tick, however soon."""
+    def later(self, when: float, callback: Callable[[float], object], now: float | None = None) -> None:
+        """Call ``callback`` at ``when``, to the next whole tick: never before the next tick, however soon.
+        ``now`` is the loop's time, if the caller has it."""
         loop = asyncio.get_running_loop()
-        slot = max(math.ceil(when / self.tick), math.floor(loop.time() / self.tick) + 1)
+        if now is None:
+            now = loop.time()
+        # A time to come is in a later tick than now's already; only a time past needs moving on.
+        slot = math.ceil(when / self.tick) if when > now else math.floor(now / self.tick) + 1
         callbacks = self._due.get(slot)
         if callbacks is None:
             callbacks = self._due[slot] = []
@@ -77,11 +78,12 @@ class Clock:
         callbacks.append(callback)
 
     def _fire(self, slot: int) -> None:
+        now = asyncio.get_running_loop().time()
         for callback in self._due.pop(slot):
-            callback()
+            callback(now)
 
 
-def _release(future: asyncio.Future[None]) -> None:
+def _release(future: asyncio.Future[None], now: float) -> None:
     if not future.done():
         future.set_result(None)
 
@@ -93,14 +95,15 @@ class _Beat:
     the beat goes on from the next frame's time.
     """
 
-    def __init__(self, clock: Clock, frames: Iterator[bytes], send: Send, gap: float, spread: Callable[[float], float]) -> None:
+    def __init__(
+        self, clock: Clock, frames: Iterator[bytes], send: Send, gap: float, spread: Callable[[float], float] | None
+    ) -> None:
         self._clock = clock
         self._frames = frames
         # An ASGI server's send is a coroutine function, and a coroutine can be stepped by hand.
         self._send = cast(Callable[[dict[str, Any]], Coroutine[Any, Any, None]], send)
         self._gap = gap
         self._spread = spread
-        self._now = asyncio.get_running_loop().time
         self._due = 0.0
         # Done when the stream's task is to go on: the frames are all sent, or one failed, or a send waits.
         self._step_done: asyncio.Future[None] | None = None
@@ -113,10 +116,11 @@ class _Beat:
         self._due = first
         while True:
             self._step_done = loop.create_future()
-            if self._due > loop.time():
-                self._clock.later(self._due, self._step)
+            now = loop.time()
+            if self._due > now:
+                self._clock.later(self._due, self._step, now)
             else:
-                self._step()
+                self._step(now)
             try:
                 await self._step_done
             except asyncio.CancelledError:
@@ -129,7 +133,7 @@ class _Beat:
             waiting, self._waiting = self._waiting, None
             await _finish(*waiting)
 
-    def _step(self) -> None:
+    def _step(self, now: float) -> None:
         done = self._step_done
         assert done is not None
         if done.done():
@@ -137,26 +141,29 @@ class _Beat:
             return
         try:
             # Whatever is due by now goes now: more than one frame when the gap is shorter than a tick.
-            now = self._now()
-            for _ in range(_MOST_AT_ONCE):
+            due, gap, spread, late = self._due, self._gap, self._spread, now - self._clock.tick
+            # However short the gap, the other streams' turn comes after a few frames.
+            for _ in range(IN_A_ROW):
                 frame = next(self._frames, None)
                 if frame is None:
                     done.set_result(None)
                     return
                 # The next frame's time: a gap after this one's. One sent more than a tick late moves the
                 # beat, as a busy model writes more slowly: a late stream does not catch up in a burst.
-                self._due = max(self._due, now - self._clock.tick) + self._spread(self._gap)
+                due = max(due, late) + (gap if spread is None else spread(gap))
                 sending = self._send({"type": "http.response.body", "body": frame, "more_body": True})
                 try:
                     waiting = sending.send(None)
                 except StopIteration:
-                    if self._due > now:
+                    if due > now:
                         break
                 else:
+                    self._due = due
                     self._waiting = sending, waiting
                     done.set_result(None)
                     return
-            self._clock.later(self._due, self._step)
+            self._due = due
+            self._clock.later(due, self._step, now)
         except Exception as error:
             done.set_exception(error)
 
@@ -196,11 +203,12 @@ class Pacer:
         jitter = self.timing.jitter
         return seconds * (1 + jitter * (2 * self._random.random() - 1)) if jitter else seconds
 
-    async def stream(self, frames: Iterator[bytes], send: Send, pace: Pace) -> None:
+    def stream(self, frames: Iterator[bytes], send: Send, pace: Pace) -> Coroutine[Any, Any, None]:
         """Send ``frames`` as ASGI body messages: the first once ``pace.first`` has passed, each further one
         ``pace.gap`` after the one before."""
         first = asyncio.get_running_loop().time() + pace.first
-        await _Beat(self.clock, frames, send, pace.gap, self.spread).run(first)
+        spread = self.spread if self.timing.jitter else None
+        return _Beat(self.clock, frames, send, pace.gap, spread).run(first)
 
     def whole(self, pace: Pace, tokens: int) -> float:
         """Seconds until the last of ``tokens`` is written."""

@@ -213,23 +213,19 @@ def _text_steps(frame: Callable[[ChunkChoice], bytes], cut: replay.Cut, head: by
     """The steps of one choice of text alone, the stream most requests ask for: each token's chunk is its
     JSON string spliced into the chunk's bytes, made once."""
     prefix, suffix = frame(ChunkChoice(index=0, delta=Delta(content=msgspec.Raw(_SLOT)))).split(_SLOT)  # type: ignore[arg-type]
-    pieces: Iterator[bytes] = replay.utf8_pieces(cut)
     text = cut.answer.text.encode()
+    pieces = replay.utf8_pieces(cut, text)
     if len(text.translate(None, _ESCAPED)) == len(text):
         # Nothing to escape, the common case: a token's JSON string is its UTF-8 bytes in quotes.
         prefix, suffix = prefix + b'"', b'"' + suffix
     else:
-        pieces = (_encode(piece.decode()) for piece in pieces)
-    pending = head
-    started = False
+        pieces = map(_encode, map(bytes.decode, pieces))
+    # The first token goes with the head, in the first step.
+    first = next(pieces, None)
+    pending = head if first is None else head + prefix + first + suffix
     for piece in pieces:
-        token = prefix + piece + suffix
-        if started:
-            yield pending
-            pending = token
-        else:
-            pending += token
-            started = True
+        yield pending
+        pending = prefix + piece + suffix
     finish = frame(ChunkChoice(index=0, delta=Delta(), finish_reason=cut.finish_reason))  # type: ignore[arg-type]
     yield pending + finish + end
 

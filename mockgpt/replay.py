@@ -213,13 +213,12 @@ def _with_calls(answer: Answer, text: str, tokens: int, end: int, max_tokens: in
 
 def pieces(cut: Cut) -> Iterator[str]:
     """The cut answer's text one recorded token at a time; a token ending inside a character joins the next."""
-    return map(bytes.decode, utf8_pieces(cut))
+    return map(bytes.decode, utf8_pieces(cut, cut.answer.text.encode()))
 
 
-def utf8_pieces(cut: Cut) -> Iterator[bytes]:
-    """``pieces``, encoded."""
-    data = cut.answer.text.encode()
-    return _split(data, cut.answer.token_lengths, len(data) if cut.end is None else cut.end)
+def utf8_pieces(cut: Cut, text: bytes) -> Iterator[bytes]:
+    """``pieces``, encoded: cut from ``text``, the answer's text in UTF-8."""
+    return _split(text, cut.answer.token_lengths, len(text) if cut.end is None else cut.end)
 
 
 def argument_pieces(call: StoredCall) -> Iterator[str]:

@@ -20,13 +20,13 @@ import itertools
 import logging
 import math
 import time
-from collections.abc import Coroutine, Iterator, Mapping
+from collections.abc import Awaitable, Iterator, Mapping
 from typing import Any
 
 import msgspec
 
 from mockgpt import faults, render
-from mockgpt.asgi import JSON_TYPE, ASGIApp, Receive, Scope, Send, admissible, read_body, replayed, send_whole
+from mockgpt.asgi import IN_A_ROW, JSON_TYPE, ASGIApp, Receive, Scope, Send, admissible, read_body, replayed, send_whole
 from mockgpt.errors import APIError, BadRequest
 from mockgpt.faults import Fault
 from mockgpt.metrics import Metrics
@@ -48,7 +48,6 @@ _ROUTES = {
 }
 _KNOWN = {"/models", "/health", "/metrics", "/docs"}
 _STREAM_HEADERS = [(b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache")]
-_YIELD_EVERY = 64
 TTFT, ITL = "x-mockgpt-ttft-ms", "x-mockgpt-itl-ms"
 
 logger = logging.getLogger("mockgpt")
@@ -283,7 +282,7 @@ class _Watch:
 async def _unpaced(frames: Iterator[bytes], send: Send) -> None:
     """Send ``frames`` as fast as the client takes them, letting other requests in now and then."""
     for number, frame in enumerate(frames, 1):
-        if not number % _YIELD_EVERY:
+        if not number % IN_A_ROW:
             await asyncio.sleep(0)
         await send({"type": "http.response.body", "body": frame, "more_body": True})
 
@@ -291,16 +290,28 @@ async def _unpaced(frames: Iterator[bytes], send: Send) -> None:
 _GONE = object()
 
 
-async def _until_gone(work: Coroutine[Any, Any, Any], receive: Receive) -> Any:
+async def _until_gone(work: Awaitable[Any], receive: Receive) -> Any:
     """The result of ``work``, or ``_GONE`` if the client goes away first, which stops ``work`` at once."""
-    task = asyncio.ensure_future(work)
+    task = asyncio.current_task()
+    assert task is not None
     gone = asyncio.ensure_future(receive())
+    watching = True
+
+    def leave(_: object) -> None:
+        if watching:
+            task.cancel()
+
+    gone.add_done_callback(leave)
     try:
-        await asyncio.wait([task, gone], return_when=asyncio.FIRST_COMPLETED)
+        return await work
+    except asyncio.CancelledError:
+        if not gone.done() or gone.cancelled():
+            raise  # cancelled for another reason: the server stops
+        task.uncancel()
+        return _GONE
     finally:
-        for future in (task, gone):
-            future.cancel()
-    return task.result() if task.done() and not task.cancelled() else _GONE
+        watching = False
+        gone.cancel()
 
 
 def _headers(scope: Scope) -> dict[str, str]:

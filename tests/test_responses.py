@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import re
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -60,18 +59,6 @@ def index(tmp_path_factory: pytest.TempPathFactory) -> Path:
     source.write_text("".join(json.dumps({"messages": messages}) + "\n" for messages in CONVERSATIONS))
     build([source], directory / "chats.mgpt")
     return directory / "chats.mgpt"
-
-
-@pytest.fixture(scope="module")
-def server(index: Path) -> Iterator[MockServer]:
-    with MockServer(index) as server:
-        yield server
-
-
-@pytest.fixture
-def client(server: MockServer) -> Iterator[openai.OpenAI]:
-    with openai.OpenAI(base_url=server.base_url, api_key="test", max_retries=0) as client:
-        yield client
 
 
 def user(text: str) -> dict[str, str]:

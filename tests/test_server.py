@@ -6,7 +6,6 @@ import asyncio
 import json
 import os
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -34,18 +33,6 @@ def index(tmp_path_factory: pytest.TempPathFactory) -> Path:
     directory = tmp_path_factory.mktemp("server")
     build([write_sharegpt(directory / "chats.json", CONVERSATIONS)], directory / "chats.mgpt")
     return directory / "chats.mgpt"
-
-
-@pytest.fixture(scope="module")
-def server(index: Path) -> Iterator[MockServer]:
-    with MockServer(index) as server:
-        yield server
-
-
-@pytest.fixture
-def client(server: MockServer) -> Iterator[openai.OpenAI]:
-    with openai.OpenAI(base_url=server.base_url, api_key="test", max_retries=0) as client:
-        yield client
 
 
 def user(text: str) -> list[dict[str, str]]:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -59,18 +58,6 @@ def index(tmp_path_factory: pytest.TempPathFactory) -> Path:
     source.write_text("".join(json.dumps({"messages": messages}) + "\n" for messages in [LOOP, MIXED, LEGACY]))
     build([source], directory / "agents.mgpt")
     return directory / "agents.mgpt"
-
-
-@pytest.fixture(scope="module")
-def server(index: Path) -> Iterator[MockServer]:
-    with MockServer(index) as server:
-        yield server
-
-
-@pytest.fixture
-def client(server: MockServer) -> Iterator[openai.OpenAI]:
-    with openai.OpenAI(base_url=server.base_url, api_key="test", max_retries=0) as client:
-        yield client
 
 
 def recorded(calls: list[Any]) -> list[tuple[str, str, str]]:

@@ -41,13 +41,6 @@ def index(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return directory / "chats.mgpt"
 
 
-@pytest.fixture(scope="module")
-def server(index: Path) -> Iterator[MockServer]:
-    """A server with none of the busy options: faults by header work all the same."""
-    with MockServer(index) as server:
-        yield server
-
-
 OPENED: list[openai.OpenAI] = []
 
 
