@@ -66,15 +66,15 @@ class Clock:
     def later(self, when: float, callback: Callable[[float], object], now: float | None = None) -> None:
         """Call ``callback`` at ``when``, to the next whole tick: never before the next tick, however soon.
         ``now`` is the loop's time, if the caller has it."""
-        loop = asyncio.get_running_loop()
         if now is None:
-            now = loop.time()
+            now = asyncio.get_running_loop().time()
         # A time to come is in a later tick than now's already; only a time past needs moving on.
         slot = math.ceil(when / self.tick) if when > now else math.floor(now / self.tick) + 1
         callbacks = self._due.get(slot)
         if callbacks is None:
+            # The running loop is looked up once a tick, not once a call: the lookup is slow on Python 3.11.
             callbacks = self._due[slot] = []
-            loop.call_at(slot * self.tick, self._fire, slot)
+            asyncio.get_running_loop().call_at(slot * self.tick, self._fire, slot)
         callbacks.append(callback)
 
     def _fire(self, slot: int) -> None:
