@@ -12,9 +12,9 @@ Needs `wrk` (Debian: apt-get install wrk) and `taskset`. The server runs on core
    conversations is answered by one tool call whose arguments hold the recorded answer (the same size
    in bytes, near enough), and text hits of that same index's text twin; and hits of a server that
    records its misses (`--upstream` an unreachable address, `--record` a file: a miss would fail the
-   run), against plain `serve`. Rounds alternate; the best of each counts, as noise here only ever slows
-   a run down. The server's CPU time per request (user and system, from /proc), median of the rounds,
-   is a second measure that noise moves less.
+   run), against plain `serve`. Rounds alternate between the rows, and every figure is the median of the
+   rounds. The server's CPU time per request (user and system, from /proc) is a second measure that
+   noise moves less.
 2. Anonymous memory (RssAnon) of the worker after every request of the prefix was answered once,
    and the same for an index of the synthetic dataset (tools/synth_sharegpt.py, if given).
 3. Start to first answer with the demo index and with the synthetic one.
@@ -162,6 +162,10 @@ def wrk(url: str, bodies: Path, work: Path, duration: int, connections: int, pat
     return rate, int(re.search(r"(\d+) requests in", result.stdout).group(1))  # type: ignore[union-attr]
 
 
+def _rounded(rates: list[float]) -> list[int]:
+    return [round(rate) for rate in rates]
+
+
 def replay_all(server: Server, bodies: Path, work: Path, count: int) -> None:
     """Every body answered at least once: wrk cycles through them for long enough."""
     wrk(server.url, bodies, work, duration=max(3, count // 4000 + 2), connections=64)
@@ -229,19 +233,18 @@ def run(args: argparse.Namespace, work: Path) -> None:
             rates[name].append(rate)
             cpu[name].append((server.cpu_seconds() - before) / requests * 1e6)
             server.stop()
-    ceiling, ours, responses = max(rates["ceiling"]), max(rates["mockgpt"]), max(rates["responses"])
-    print(f"throughput, 1 worker, {args.connections} connections, {args.duration} s, best of {args.rounds}:")
-    print(f"  bare ASGI ceiling: {ceiling:,.0f} requests/s  {rates['ceiling']}")
-    print(f"  mockgpt, all hits: {ours:,.0f} requests/s  {rates['mockgpt']}  = {ours / ceiling:.2f}x the ceiling")
-    print(f"  mockgpt, the same as Responses API hits: {responses:,.0f} requests/s  {rates['responses']}"
-          f"  = {responses / ours:.2f}x chat completions; median of rounds {statistics.median(rates['responses']):,.0f}"
-          f" = {statistics.median(rates['responses']) / statistics.median(rates['mockgpt']):.2f}x chat's {statistics.median(rates['mockgpt']):,.0f}")
+    ceiling, ours, responses = (statistics.median(rates[name]) for name in ["ceiling", "mockgpt", "responses"])
+    print(f"throughput, 1 worker, {args.connections} connections, {args.duration} s, median of {args.rounds} rounds:")
+    print(f"  bare ASGI ceiling: {ceiling:,.0f} requests/s  {_rounded(rates['ceiling'])}")
+    print(f"  mockgpt, all hits: {ours:,.0f} requests/s  {_rounded(rates['mockgpt'])}  = {ours / ceiling:.2f}x the ceiling")
+    print(f"  mockgpt, the same as Responses API hits: {responses:,.0f} requests/s  {_rounded(rates['responses'])}"
+          f"  = {responses / ours:.2f}x chat completions")
     ceiling_cpu, our_cpu, responses_cpu = (statistics.median(cpu[name]) for name in ["ceiling", "mockgpt", "responses"])
     print(f"server CPU per request, median of {args.rounds}: ceiling {ceiling_cpu:.1f} us, mockgpt {our_cpu:.1f} us"
           f" = {ceiling_cpu / our_cpu:.2f}x the ceiling's rate; Responses API {responses_cpu:.1f} us = {our_cpu / responses_cpu:.2f}x chat's rate")
     for name, against, what in [("tools", "text", "tool-call hits vs text hits of the same size"), ("recording", "mockgpt", "hits with --upstream/--record vs plain serve")]:
-        best, medians = max(rates[name]) / max(rates[against]), statistics.median(rates[name]) / statistics.median(rates[against])
-        print(f"  {what}: {max(rates[name]):,.0f} vs {max(rates[against]):,.0f} requests/s, best {best:.2f}x, median {medians:.2f}x;"
+        rate, other = statistics.median(rates[name]), statistics.median(rates[against])
+        print(f"  {what}: {rate:,.0f} vs {other:,.0f} requests/s, {rate / other:.2f}x;"
               f" CPU per request {statistics.median(cpu[name]):.1f} vs {statistics.median(cpu[against]):.1f} us")
 
     server = mockgpt(work / "real.mgpt", 9872)
