@@ -57,10 +57,11 @@ class Clock:
 
     async def until(self, when: float) -> None:
         loop = asyncio.get_running_loop()
-        if when > loop.time():
+        now = loop.time()
+        if when > now:
             # A future of its own, so that cancelling one waiter (its client left) leaves the others waiting.
             future = loop.create_future()
-            self.later(when, partial(_release, future))
+            self.later(when, partial(_release, future), now)
             await future
 
     def later(self, when: float, callback: Callable[[float], object], now: float | None = None) -> None:
