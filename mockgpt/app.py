@@ -89,10 +89,10 @@ class FastChat:
         if hit is None:
             await self.app(scope, receive, send)
             return
-        body = await read_body(receive)
-        reply = hit(body)
+        body, more = await read_body(receive, self._max_body)
+        reply = hit(body) if len(body) <= self._max_body else None
         if reply is None:
-            await self.app(scope, replayed(body, receive), send)
+            await self.app(scope, replayed(body, receive, more), send)
             return
         headers = [JSON_TYPE, (b"content-length", str(len(reply.body)).encode()), *reply.headers]
         await send({"type": "http.response.start", "status": 200, "headers": headers})

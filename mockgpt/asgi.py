@@ -18,23 +18,26 @@ JSON_TYPE = (b"content-type", b"application/json")
 IN_A_ROW = 64
 
 
-async def read_body(receive: Receive) -> bytes:
-    """The whole request body."""
+async def read_body(receive: Receive, limit: int) -> tuple[bytes, bool]:
+    """The request body, or as much of it as goes past ``limit`` bytes; and whether more is left unread."""
     message = await receive()
     body: bytes = message.get("body", b"")
-    if not message.get("more_body", False):
-        return body
+    more = message.get("more_body", False)
+    if not more:
+        return body, False
     chunks = [body]
-    more = True
-    while more:
+    size = len(body)
+    while more and size <= limit:
         message = await receive()
-        chunks.append(message.get("body", b""))
+        chunk = message.get("body", b"")
+        chunks.append(chunk)
+        size += len(chunk)
         more = message.get("more_body", False)
-    return b"".join(chunks)
+    return b"".join(chunks), more
 
 
-def replayed(body: bytes, receive: Receive) -> Receive:
-    """``receive`` that gives ``body`` again, read already, then what ``receive`` gives."""
+def replayed(body: bytes, receive: Receive, more: bool = False) -> Receive:
+    """``receive`` that gives ``body`` again, read already (``more``: not all of it), then what ``receive`` gives."""
     sent = False
 
     async def replay() -> Any:
@@ -42,26 +45,26 @@ def replayed(body: bytes, receive: Receive) -> Receive:
         if sent:
             return await receive()
         sent = True
-        return {"type": "http.request", "body": body, "more_body": False}
+        return {"type": "http.request", "body": body, "more_body": more}
 
     return replay
 
 
 def admissible(scope: Scope, authorization: bytes | None, max_body: int) -> tuple[bool, bool]:
     """Whether a request can be answered without the app's checks (``authorization`` matches, if required,
-    and a declared body length is within ``max_body``); and whether it asks for faults or timing of its
-    own with an ``x-mockgpt-`` header."""
-    length = -1
+    and a declared body length is within ``max_body``: a body of unknown length is checked as it is read);
+    and whether it asks for faults or timing of its own with an ``x-mockgpt-`` header."""
+    length = 0
     authorized = authorization is None
     asked = False
     for name, value in scope["headers"]:
         if name == b"content-length":
-            length = int(value) if value.isdigit() else -1
+            length = int(value) if value.isdigit() else max_body + 1
         elif name == b"authorization":
             authorized = authorized or value == authorization
         elif name.startswith(b"x-mockgpt-"):
             asked = True
-    return authorized and 0 <= length <= max_body, asked
+    return authorized and length <= max_body, asked
 
 
 async def send_whole(send: Send, status: int, headers: list[tuple[bytes, bytes]], body: bytes) -> None:

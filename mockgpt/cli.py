@@ -18,7 +18,32 @@ from mockgpt.errors import DatasetError, MockGPTError
 __all__ = ["main"]
 
 
-@click.group()
+class _Commands(click.Group):
+    """``mockgpt``'s commands: a usage error is told in one line, as every other error is."""
+
+    def make_context(self, *args: Any, **kwargs: Any) -> click.Context:
+        with _one_line():
+            return super().make_context(*args, **kwargs)
+
+    def invoke(self, ctx: click.Context) -> Any:
+        with _one_line():
+            return super().invoke(ctx)
+
+
+@contextmanager
+def _one_line() -> Iterator[None]:
+    try:
+        yield
+    except click.exceptions.NoArgsIsHelpError:
+        raise
+    except click.UsageError as error:
+        # Without its context it leaves out the usage and the hint, and shows only "Error: ...", which
+        # names the option; --help is where it always is.
+        error.ctx = None
+        raise
+
+
+@click.group(cls=_Commands)
 @click.version_option(package_name="mockgpt")
 def main() -> None:
     """A mock of the OpenAI API that replays recorded conversations."""
@@ -174,7 +199,13 @@ def serve(
         sys.stdout.flush()
 
     if tokens_per_second:
+        if options["itl_ms"]:
+            raise click.UsageError("give --itl-ms or --tokens-per-second, not both")
         options["itl_ms"] = 1000 / tokens_per_second
+    if options["max_concurrency"] is None:
+        for name, given in [("--max-queue", options["max_queue"] is not None), ("--overload-status", overload_status != "429")]:
+            if given:
+                raise click.UsageError(f"{name} needs --max-concurrency: without it no request waits")
     try:
         statuses = [int(status) for status in fault_status.split(",")]
     except ValueError:

@@ -40,26 +40,36 @@ class Fault(NamedTuple):
 
 OK = Fault("ok")
 
-# What the real API sends with each status.
-_BODIES: Mapping[int, tuple[str, str, str | None]] = {
+# What the real API sends with each status. Its Cloudflare edge words 502 and 524 itself, with the status as
+# an integer ``code``: the OpenAPI spec's error has a string there, but clients meet these bodies as they are.
+_BODIES: Mapping[int, tuple[str, str, str | int | None]] = {
     400: ("We could not parse the JSON body of your request.", "invalid_request_error", None),
     401: ("Incorrect API key provided.", "invalid_request_error", "invalid_api_key"),
     403: ("Country, region, or territory not supported", "request_forbidden", "unsupported_country_region_territory"),
     404: ("The model does not exist or you do not have access to it.", "invalid_request_error", "model_not_found"),
     429: ("Rate limit reached for requests. Please try again later.", "requests", "rate_limit_exceeded"),
     500: ("The server had an error while processing your request. Sorry about that!", "server_error", None),
-    502: ("Bad gateway.", "cf_bad_gateway", None),
+    502: ("Bad gateway.", "cf_bad_gateway", 502),
     503: ("The server is overloaded or not ready yet.", "server_error", None),
-    504: ("Gateway timeout.", "cf_gateway_timeout", None),
+    524: ("Gateway timeout.", "cf_gateway_timeout", 524),
 }
 
 
-def error(status: int) -> bytes:
-    """The error body the real API sends with ``status``."""
-    message, type, code = _BODIES.get(status) or (
-        HTTPStatus(status).phrase + ".", "server_error" if status >= 500 else "invalid_request_error", None
-    )
+def error(status: int, model: str | None = None) -> bytes:
+    """The error body the real API sends with ``status`` (from 400 to 599), for a request naming ``model``."""
+    if status == 404 and model is not None:
+        return render.error_body(
+            f"The model `{model}` does not exist or you do not have access to it.", "invalid_request_error", None, "model_not_found"
+        )
+    message, type, code = _BODIES.get(status) or (_phrase(status), "server_error" if status >= 500 else "invalid_request_error", None)
     return render.error_body(message, type, None, code)
+
+
+def _phrase(status: int) -> str:
+    try:
+        return HTTPStatus(status).phrase + "."
+    except ValueError:
+        return f"Error {status}."
 
 
 def parse(plan: str) -> list[Fault]:
@@ -71,14 +81,19 @@ def _step(step: str) -> Fault:
     kind, _, count = step.partition(":")
     if step == "ok":
         return OK
-    if step.isdigit() and 400 <= int(step) <= 599:
+    if _number(step) and 400 <= int(step) <= 599:
         return Fault("status", int(step))
-    if kind in ("disconnect-after", "stall-after") and count.isdigit():
+    if kind in ("disconnect-after", "stall-after") and _number(count):
         return Fault(kind.removesuffix("-after"), int(count))
     raise BadRequest(
         f"Invalid {FAULT} step {step!r}: expected a status from 400 to 599, 'ok', 'disconnect-after:N' or 'stall-after:N'.",
         param=FAULT,
     )
+
+
+def _number(text: str) -> bool:
+    """Whether ``text`` is a whole number in ASCII digits (``str.isdigit`` also takes "²")."""
+    return text.isascii() and text.isdigit()
 
 
 class Faults:
@@ -89,14 +104,12 @@ class Faults:
         self.statuses = list(statuses)
         self._random = random.Random(seed)
 
-    async def choose(self, headers: Mapping[str, str], state: State) -> Fault:
-        plan = headers.get(FAULT)
+    async def choose(self, plan: list[Fault] | None, key: str | None, state: State) -> Fault:
+        """The fault of a request whose ``x-mockgpt-fault`` header gave ``plan`` (None without one), and
+        whose ``x-mockgpt-fault-key`` gave ``key``; at random without a plan."""
         if plan is not None:
-            steps = parse(plan)
-            key = headers.get(KEY)
             number = 0 if key is None else await state.fault_step(key)
-            return steps[number] if number < len(steps) else OK
+            return plan[number] if number < len(plan) else OK
         if self.rate and self._random.random() < self.rate:
             return Fault("status", self._random.choice(self.statuses))
         return OK
-

@@ -81,7 +81,8 @@ class Metrics:
         self._completion_tokens = self._families.tokens.labels("completion")
 
     def request(self, route: str, status: int, outcome: str, seconds: float) -> None:
-        """Count a request answered with ``status`` and time it; ``outcome`` is hit, miss or error.
+        """Count a request answered with ``status`` and time it; ``outcome`` is hit, miss, fault (one asked
+        for), gone (its client left before the answer began) or error; none for other routes.
 
         ``route`` is the path without ``/v1``, from a fixed set: each distinct value is a new series.
         """
@@ -116,7 +117,7 @@ class Metrics:
         self._families.queue.dec()
 
     def rejected(self, reason: str) -> None:
-        """Count a 429 by ``reason``: requests, tokens, overload or fault."""
+        """Count a request turned away by ``reason``: requests, tokens, overload or fault."""
         _child(self._rejections, self._families.rejected, (reason,)).inc()
 
     def render(self) -> tuple[bytes, str]:
@@ -141,7 +142,8 @@ class _Families:
 
         # registry=None: in multiprocess mode the exposition comes from the files, not a registry.
         self.requests = Counter(
-            "mockgpt_requests_total", "Requests answered, by route, status and outcome (hit, miss or error).",
+            "mockgpt_requests_total",
+            "Requests answered, by route, status (499: the client left first) and outcome (hit, miss, fault, gone, error).",
             ["route", "status", "outcome"], registry=None,
         )
         self.duration = Histogram(
@@ -154,7 +156,9 @@ class _Families:
         )
         self.tokens = Counter("mockgpt_tokens_total", "Tokens of answered requests, by kind.", ["kind"], registry=None)
         self.rejected = Counter(
-            "mockgpt_rate_limited_total", "Requests refused with 429, by reason.", ["reason"], registry=None
+            "mockgpt_rejected_total",
+            "Requests turned away, by reason: a rate limit (requests, tokens), a full queue (overload), a 429 fault.",
+            ["reason"], registry=None,
         )
         self.streams = _live_gauge("mockgpt_streams_in_flight", "Streamed responses being sent.")
         self.queue = _live_gauge("mockgpt_queue_depth", "Requests waiting for their turn.")

@@ -245,11 +245,12 @@ class Recorder:
         ):
             await self.app(scope, receive, send)
             return
-        body = await read_body(receive)
-        if self._missed(body):
+        limit = self.service.settings.max_body
+        body, more = await read_body(receive, limit)
+        if len(body) <= limit and self._missed(body):
             await self._forward(body, send)
         else:
-            await self.app(scope, replayed(body, receive), send)
+            await self.app(scope, replayed(body, receive, more), send)
 
     def _missed(self, body: bytes) -> bool:
         """Whether ``body`` is a valid request the index has no answer to; the app answers the others."""

@@ -48,7 +48,7 @@ T = TypeVar("T")
 _encode = msgspec.json.Encoder().encode
 
 
-def error_body(message: str, type: str, param: str | None = None, code: str | None = None) -> bytes:
+def error_body(message: str, type: str, param: str | None = None, code: str | int | None = None) -> bytes:
     """The body of every error response: ``{"error": {"message", "type", "param", "code"}}``."""
     return _encode(ErrorBody(ErrorDetail(message=message, type=type, param=param, code=code)))
 

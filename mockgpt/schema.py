@@ -227,7 +227,7 @@ class ErrorDetail(Struct, gc=False):
     message: str
     type: str
     param: str | None
-    code: str | None
+    code: str | int | None
 
 
 class ErrorBody(Struct, gc=False):

@@ -114,6 +114,8 @@ class Reply(msgspec.Struct, gc=False):
     completion_tokens: int = 0
     # The most completion tokens the request allowed, over all its choices; None for no limit.
     max_tokens: int | None = None
+    # The tokens of its longest choice: the steps a model takes to write them all, side by side.
+    steps: int = 0
 
 
 class Service:
@@ -135,7 +137,8 @@ class Service:
             request_id = random_id()
             id, created = "chatcmpl-" + request_id[:29], int(time.time())
             body = render.chat_completion_whole(id, created, request.model, self.fingerprint, answer)
-            return Reply(_headers(answer, request_id), body, None, answer.prompt_tokens, answer.completion_tokens)
+            tokens = answer.completion_tokens
+            return Reply(_headers(answer, request_id), body, None, answer.prompt_tokens, tokens, None, tokens)
         max_tokens = request.max_completion_tokens or request.max_tokens
         answers = self.replayer.choose(record, request.n or 1, request.seed, sent)
         cuts = [replay.cut(answer, max_tokens, request.stop) for answer in answers]
@@ -183,7 +186,7 @@ class Service:
         unique, created, headers = self._identity("", request, [cut])
         kept = cut.completion_tokens if cut.finish_reason == "length" else 0
         id = self.response_ids.make(responses.Served(offset, 0, kept, created, int(unique[:4], 16)))
-        counts = cut.answer.prompt_tokens, cut.completion_tokens, request.max_output_tokens
+        counts = cut.answer.prompt_tokens, cut.completion_tokens, request.max_output_tokens, cut.completion_tokens
         if request.stream:
             return Reply(headers, b"", render_responses.events(id, created, cut, request), *counts)
         return Reply(headers, render_responses.response_body(id, created, cut, request), None, *counts)
@@ -216,8 +219,8 @@ def _reply(
     headers: list[tuple[bytes, bytes]], cuts: list[replay.Cut], prompt_tokens: int, max_tokens: int | None,
     body: bytes = b"", frames: Iterator[bytes] | None = None,
 ) -> Reply:
-    completion_tokens = sum(cut.completion_tokens for cut in cuts)
-    return Reply(headers, body, frames, prompt_tokens, completion_tokens, max_tokens)
+    tokens = [cut.completion_tokens for cut in cuts]
+    return Reply(headers, body, frames, prompt_tokens, sum(tokens), max_tokens, max(tokens))
 
 
 def random_id() -> str:

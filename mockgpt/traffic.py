@@ -3,8 +3,9 @@
 ``create_app`` puts ``Traffic`` in front of the Litestar app in place of ``FastChat`` when one of these
 options is set. It answers every chat, legacy completion and Responses API hit itself, in this order:
 
-1. a fault (by header or at random) answers at once with its error;
-2. the request is looked up, then charged to its API key's rate limits (a miss charges no tokens);
+1. the request is looked up, then charged to its API key's rate limits, as the real API does first (every
+   request counts; a miss, or a request whose ``x-mockgpt-`` headers are invalid, charges no tokens);
+2. a fault (by header or at random) answers at once with its error;
 3. it waits for an answer slot, in FIFO order, or is turned away when the queue is full;
 4. the answer is sent at the pace of a real model, and the slot given back when it is done.
 
@@ -21,7 +22,7 @@ import logging
 import math
 import time
 from collections.abc import Awaitable, Iterator, Mapping
-from typing import Any
+from typing import Any, NamedTuple
 
 import msgspec
 
@@ -71,7 +72,9 @@ class Traffic:
         self.metrics = metrics
         settings = service.settings
         timing = settings.timing
-        self.pacer = Pacer(timing) if timing else None
+        # Always there, for requests that ask for timing of their own by header; used for all when set.
+        self.pacer = Pacer(timing)
+        self.paced = bool(timing)
         self.faults = faults.Faults(settings.fault_rate, settings.fault_status, settings.seed)
         self.rate_limited = bool(settings.rpm or settings.tpm)
         self.capacity = settings.max_concurrency is not None
@@ -105,7 +108,11 @@ class Traffic:
                 # Before any response: the coordinator went away, as it does when the server stops.
                 logger.error("%s", error)
                 await _send_error(send, 500, render.error_body(str(error), "server_error"))
-        elif self.metrics is not None and scope["path"] == "/metrics" and scope["method"] == "GET":
+        elif self.metrics is not None and scope["path"] == "/metrics":
+            if scope["method"] != "GET":
+                message = f"Invalid method for URL ({scope['method']} /metrics)"
+                await _send_error(send, 405, render.error_body(message, "invalid_request_error"), [(b"allow", b"GET")])
+                return
             body, content_type = self.metrics.render()
             await send_whole(send, 200, [(b"content-type", content_type.encode())], body)
         else:
@@ -113,31 +120,38 @@ class Traffic:
 
     async def _answer(self, route: str, scope: Scope, receive: Receive, send: Send) -> None:
         headers = _headers(scope)
+        limit = self.service.settings.max_body
+        body, more = await read_body(receive, limit)
+        if len(body) > limit:
+            await self.app(scope, replayed(body, receive, more), send)
+            return
         try:
-            fault = await self.faults.choose(headers, self.state)
-            delay = _milliseconds(headers, faults.DELAY)
-            pace = _milliseconds(headers, TTFT), _milliseconds(headers, ITL)
+            asked: _Asked | APIError = _asked(headers)
         except APIError as error:
-            await _send_error(send, error.status_code, render.error(error))
-            return
-        if fault.kind == "status":
-            await self._fail(send, fault.value, headers)
-            return
-        if delay:
-            await asyncio.sleep(delay / 1000)
-        body = await read_body(receive)
+            asked = error
         reply = self._reply(route, body)
         extra: list[tuple[bytes, bytes]] = []
         if self.rate_limited:
-            verdict = await self.state.charge(_api_key(headers), _charged(reply))
+            # As the real API: the limits come first, and every request counts, answered or not.
+            tokens = _charged(reply) if isinstance(asked, _Asked) else 0
+            verdict = await self.state.charge(_api_key(headers), tokens)
             extra = _rate_headers(verdict)
             if not verdict.allowed:
-                await self._limited(send, verdict, extra, body)
+                await self._limited(send, verdict, tokens, extra, body)
                 return
+        if isinstance(asked, APIError):
+            await _send_error(send, asked.status_code, render.error(asked), extra)
+            return
+        fault = await self.faults.choose(asked.plan, headers.get(faults.KEY), self.state)
+        if fault.kind == "status":
+            await self._fail(send, fault.value, asked.retry_after, extra, body)
+            return
+        if asked.delay:
+            await asyncio.sleep(asked.delay / 1000)
         if reply is None:
             await self.app(scope, replayed(body, receive), _adding(send, extra))
             return
-        await self._serve(reply, fault, pace, extra, receive, send)
+        await self._serve(reply, fault, asked, extra, receive, send)
 
     def _reply(self, route: str, body: bytes) -> Reply | None:
         """The reply to a hit; None for anything else, which the app then answers."""
@@ -151,22 +165,25 @@ class Traffic:
             return None
 
     async def _serve(
-        self, reply: Reply, fault: Fault, pace: tuple[float | None, float | None], extra: list[tuple[bytes, bytes]],
-        receive: Receive, send: Send,
+        self, reply: Reply, fault: Fault, asked: _Asked, extra: list[tuple[bytes, bytes]], receive: Receive, send: Send
     ) -> None:
         if self.capacity:
             if self.metrics:
                 self.metrics.queued()
             try:
-                admitted = await self.state.acquire()
+                # A client that leaves while it waits gives its place in the queue up.
+                admitted = await _until_gone(self.state.acquire(), receive)
             finally:
                 if self.metrics:
                     self.metrics.dequeued()
+            if admitted is _GONE:
+                return
             if not admitted:
                 await self._overloaded(send, extra)
                 return
         try:
-            timing = self.pacer.pace(reply.prompt_tokens, *pace) if self.pacer else None
+            paced = self.paced or asked.ttft is not None or asked.itl is not None
+            timing = self.pacer.pace(reply.prompt_tokens, asked.ttft, asked.itl) if paced else None
             await self._deliver(reply, fault, timing, extra, receive, send)
         finally:
             if self.capacity:
@@ -193,8 +210,8 @@ class Traffic:
     async def _whole(
         self, reply: Reply, fault: Fault, pace: Pace | None, extra: list[tuple[bytes, bytes]], receive: Receive, send: Send
     ) -> None:
-        if pace is not None and self.pacer is not None:
-            ready = asyncio.get_running_loop().time() + self.pacer.whole(pace, reply.completion_tokens)
+        if pace is not None:
+            ready = asyncio.get_running_loop().time() + self.pacer.whole(pace, reply.steps)
             if await _until_gone(self.pacer.clock.until(ready), receive) is _GONE:
                 return
         headers = [JSON_TYPE, (b"content-length", b"%d" % len(reply.body)), *reply.headers, *extra]
@@ -213,7 +230,7 @@ class Traffic:
         """
         cut = fault.kind in ("disconnect", "stall")
         sent = itertools.islice(frames, fault.value) if cut else frames
-        if pace is not None and self.pacer is not None:
+        if pace is not None:
             await self.pacer.stream(sent, send, pace)
         else:
             await _unpaced(sent, send)
@@ -225,22 +242,22 @@ class Traffic:
             await asyncio.Event().wait()
         return "dropped"
 
-    async def _fail(self, send: Send, status: int, headers: Mapping[str, str]) -> None:
+    async def _fail(self, send: Send, status: int, wait: float | None, extra: list[tuple[bytes, bytes]], body: bytes) -> None:
         if status == 429 and self.metrics:
             self.metrics.rejected("fault")
-        extra = []
-        wait = _milliseconds(headers, faults.RETRY_AFTER)
+        # Named, so that a log or a metric can tell a fault on purpose from a real error.
+        extra = [*extra, (b"x-mockgpt-fault", b"%d" % status)]
         if wait is not None:
-            extra = [(b"retry-after-ms", b"%d" % math.ceil(wait)), (b"retry-after", b"%d" % math.ceil(wait / 1000))]
-        await _send_error(send, status, faults.error(status), extra)
+            extra += [(b"retry-after-ms", b"%d" % math.ceil(wait)), (b"retry-after", b"%d" % math.ceil(wait / 1000))]
+        await _send_error(send, status, faults.error(status, _model(body)), extra)
 
-    async def _limited(self, send: Send, verdict: Verdict, extra: list[tuple[bytes, bytes]], body: bytes) -> None:
+    async def _limited(self, send: Send, verdict: Verdict, tokens: int, extra: list[tuple[bytes, bytes]], body: bytes) -> None:
         if self.metrics:
             self.metrics.rejected(verdict.reason or "requests")
         wait = verdict.retry_after
         if math.isfinite(wait):
             extra = [*extra, (b"retry-after-ms", b"%d" % math.ceil(wait * 1000)), (b"retry-after", b"%d" % math.ceil(wait))]
-        await _send_error(send, 429, _rate_limit_body(verdict, _model(body)), extra)
+        await _send_error(send, 429, _rate_limit_body(verdict, tokens, _model(body)), extra)
 
     async def _overloaded(self, send: Send, extra: list[tuple[bytes, bytes]]) -> None:
         if self.metrics:
@@ -252,16 +269,24 @@ class Traffic:
     def _observe(self, route: str, watch: _Watch) -> None:
         assert self.metrics is not None
         now = time.perf_counter()
-        outcome = "hit" if watch.status == 200 else "miss" if watch.status == 404 and route in _ROUTES.values() else "error"
-        if watch.status < 400 and route not in _ROUTES.values():
-            outcome = "none"
-        self.metrics.request(route, watch.status, outcome, now - watch.started)
+        status, answers = watch.status, route in _ROUTES.values()
+        if not status:
+            # Nothing sent: the client left first. 499, as nginx logs it.
+            status, outcome = 499, "gone"
+        elif watch.fault:
+            outcome = "fault"
+        elif status < 400:
+            outcome = "hit" if answers else "none"
+        else:
+            outcome = "miss" if status == 404 and answers else "error"
+        self.metrics.request(route, status, outcome, now - watch.started)
         if watch.first is not None and watch.streamed:
             self.metrics.first_token(route, watch.first - watch.started)
 
 
 class _Watch:
-    """What a request sent: its status, when its first byte of body left, whether it streamed."""
+    """What a request sent: its status, when its first byte of body left, whether it streamed, whether it
+    was a fault asked for."""
 
     def __init__(self, send: Send, started: float) -> None:
         self._send = send
@@ -269,11 +294,16 @@ class _Watch:
         self.status = 0
         self.first: float | None = None
         self.streamed = False
+        self.fault = False
 
     async def send(self, message: Any) -> None:
         if message["type"] == "http.response.start":
             self.status = message["status"]
-            self.streamed = any(name == b"content-type" and value == b"text/event-stream" for name, value in message["headers"])
+            for name, value in message["headers"]:
+                if name == b"content-type":
+                    self.streamed = value == b"text/event-stream"
+                elif name == b"x-mockgpt-fault":
+                    self.fault = True
         elif self.first is None and message.get("body"):
             self.first = time.perf_counter()
         await self._send(message)
@@ -312,6 +342,28 @@ async def _until_gone(work: Awaitable[Any], receive: Receive) -> Any:
     finally:
         watching = False
         gone.cancel()
+
+
+class _Asked(NamedTuple):
+    """What a request asks for by header: its fault plan, its delay, timing and retry-after, in ms."""
+
+    plan: list[Fault] | None
+    delay: float | None
+    ttft: float | None
+    itl: float | None
+    retry_after: float | None
+
+
+def _asked(headers: Mapping[str, str]) -> _Asked:
+    """What ``headers`` ask for; ``BadRequest`` naming the first header that is not valid."""
+    plan = headers.get(faults.FAULT)
+    return _Asked(
+        None if plan is None else faults.parse(plan),
+        _milliseconds(headers, faults.DELAY),
+        _milliseconds(headers, TTFT),
+        _milliseconds(headers, ITL),
+        _milliseconds(headers, faults.RETRY_AFTER),
+    )
 
 
 def _headers(scope: Scope) -> dict[str, str]:
@@ -366,35 +418,45 @@ def _rate_headers(verdict: Verdict) -> list[tuple[bytes, bytes]]:
 
 def _duration(seconds: float) -> str:
     """A duration as the API's rate-limit headers write it: ``20ms``, ``1s``, ``6m0s``."""
-    if seconds < 1:
-        return f"{math.ceil(seconds * 1000)}ms"
-    minutes, rest = divmod(seconds, 60)
-    rest_text = f"{rest:.3f}".rstrip("0").rstrip(".")
+    milliseconds = math.ceil(seconds * 1000)
+    if milliseconds < 1000:
+        return f"{milliseconds}ms"
+    minutes, rest = divmod(milliseconds, 60_000)
+    rest_text = f"{rest / 1000:.3f}".rstrip("0").rstrip(".")
     return f"{int(minutes)}m{rest_text}s" if minutes else f"{rest_text}s"
 
 
-def _rate_limit_body(verdict: Verdict, model: str) -> bytes:
+def _rate_limit_body(verdict: Verdict, tokens: int, model: str | None) -> bytes:
+    """The real API's words: what the limit is, what was used and requested, and when to try again."""
     if verdict.reason == "tokens":
-        limit, remaining, unit = verdict.limit_tokens, verdict.remaining_tokens, "tokens per min (TPM)"
+        limit, remaining, unit, requested = verdict.limit_tokens, verdict.remaining_tokens, "tokens per min (TPM)", tokens
     else:
-        limit, remaining, unit = verdict.limit_requests, verdict.remaining_requests, "requests per min (RPM)"
-    used = (limit or 0) - (remaining or 0)
-    wait = f"Please try again in {_duration(verdict.retry_after)}." if math.isfinite(verdict.retry_after) else (
-        "The request is larger than the limit."
-    )
-    message = f"Rate limit reached for {model} on {unit}: Limit {limit}, Used {used}. {wait}"
+        limit, remaining, unit, requested = verdict.limit_requests, verdict.remaining_requests, "requests per min (RPM)", 1
+    model = model or "the model"
+    if math.isfinite(verdict.retry_after):
+        used = (limit or 0) - (remaining or 0)
+        message = (
+            f"Rate limit reached for {model} on {unit}: Limit {limit}, Used {used}, Requested {requested}."
+            f" Please try again in {_duration(verdict.retry_after)}."
+        )
+    else:
+        message = (
+            f"Request too large for {model} on {unit}: Limit {limit}, Requested {requested}."
+            " The input or output tokens must be reduced in order to run successfully."
+        )
     return render.error_body(message, verdict.reason or "requests", None, "rate_limit_exceeded")
 
 
 class _Model(msgspec.Struct):
-    model: str = "the model"
+    model: str | None = None
 
 
-def _model(body: bytes) -> str:
+def _model(body: bytes) -> str | None:
+    """The model a request body names, if it is one that does."""
     try:
         return msgspec.json.decode(body, type=_Model).model
     except (msgspec.DecodeError, msgspec.ValidationError):
-        return "the model"
+        return None
 
 
 def _adding(send: Send, extra: list[tuple[bytes, bytes]]) -> Send:

@@ -345,6 +345,25 @@ def test_serve_of_a_cut_off_dataset_fails_in_one_line(truncated: Path) -> None:
     assert not truncated.with_suffix(".mgpt").exists()
 
 
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["serve", "--port", "x"], "Error: Invalid value for '--port': 'x' is not a valid integer range."),
+        (["serve", "--max-queue", "3"], "Error: --max-queue needs --max-concurrency: without it no request waits"),
+        (["serve", "--overload-status", "503"], "Error: --overload-status needs --max-concurrency: without it no request waits"),
+        (["serve", "--itl-ms", "20", "--tokens-per-second", "50"], "Error: give --itl-ms or --tokens-per-second, not both"),
+        (["serve", "--fault-status", "500,600"], "Error: Invalid value for --fault-status: '500,600' is not a list of statuses from 400 to 599"),
+        (["serve", "--bogus"], "Error: No such option '--bogus'."),
+        (["bogus"], "Error: No such command 'bogus'."),
+    ],
+)
+def test_usage_errors_are_one_line(args: list[str], message: str) -> None:
+    result = subprocess.run([sys.executable, "-m", "mockgpt", *args], capture_output=True, text=True, timeout=60)
+    assert (result.returncode, result.stdout) == (2, "")
+    (line,) = result.stderr.splitlines()
+    assert line.startswith(message)
+
+
 def test_serve_of_a_cut_off_dataset_on_a_terminal_ends_the_bar_then_fails(truncated: Path) -> None:
     code, output = on_terminal("serve", "--index", str(truncated), "--port", "0")
     assert code == 1

@@ -125,7 +125,7 @@ def test_totals_are_sums_over_processes_and_live_gauges_forget_exited_ones(direc
     assert_histogram(samples, "mockgpt_time_to_first_token_seconds", [tuple(f) for plan in PLANS for f in plan["first_tokens"]])
     assert samples["mockgpt_tokens_total", labels(kind="prompt")] == 10 + 5 + 7
     assert samples["mockgpt_tokens_total", labels(kind="completion")] == 20 + 0 + 9
-    rejected = {reason: samples["mockgpt_rate_limited_total", labels(reason=reason)] for reason in metrics.REJECT_REASONS}
+    rejected = {reason: samples["mockgpt_rejected_total", labels(reason=reason)] for reason in metrics.REJECT_REASONS}
     assert rejected == {"requests": 2, "tokens": 1, "overload": 1, "fault": 0}
     assert samples["mockgpt_streams_in_flight", labels()] == (3 - 1) + (1 - 0)
     assert samples["mockgpt_queue_depth", labels()] == (4 - 3) + (2 - 0)

@@ -11,7 +11,7 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -99,13 +99,18 @@ def test_the_client_retries_through_planned_faults(index: Path, workers: int) ->
         (404, openai.NotFoundError, "model_not_found"),
         (429, openai.RateLimitError, "rate_limit_exceeded"),
         (500, openai.InternalServerError, None),
-        (502, openai.InternalServerError, None),
+        # The real API's Cloudflare edge sends its own, with the status as an integer code.
+        (502, openai.InternalServerError, 502),
         (503, openai.InternalServerError, None),
         (504, openai.InternalServerError, None),
+        (524, openai.InternalServerError, 524),
         (418, openai.APIStatusError, None),
+        # Statuses Python's http module does not know.
+        (499, openai.APIStatusError, None),
+        (599, openai.InternalServerError, None),
     ],
 )
-def test_every_fault_status_carries_the_error_body(server: MockServer, status: int, error: type[openai.APIStatusError], code: str | None) -> None:
+def test_every_fault_status_carries_the_error_body(server: MockServer, status: int, error: type[openai.APIStatusError], code: str | int | None) -> None:
     with pytest.raises(error) as caught:
         client(server).chat.completions.create(model="gpt-4o", messages=HELLO, extra_headers={"x-mockgpt-fault": str(status)})  # type: ignore[arg-type]
     assert caught.value.status_code == status
@@ -113,6 +118,16 @@ def test_every_fault_status_carries_the_error_body(server: MockServer, status: i
     assert isinstance(body, dict) and set(body) == {"message", "type", "param", "code"}
     assert body["code"] == code and body["message"]
     assert caught.value.response.headers["x-request-id"].startswith("req_")
+    assert caught.value.response.headers["x-mockgpt-fault"] == str(status)
+    if status == 404:
+        assert body["message"] == "The model `gpt-4o` does not exist or you do not have access to it."
+
+
+def test_random_faults_of_any_status(index: Path) -> None:
+    with MockServer(index, fault_rate=1.0, fault_status="524,499") as server:
+        statuses = {httpx.post(f"{server.base_url}/chat/completions", json={"model": "m", "messages": HELLO}).status_code for _ in range(12)}
+        assert statuses == {524, 499}
+        assert httpx.get(f"{server.url}/health").status_code == 200
 
 
 def test_a_429_with_retry_after_ms_is_honoured(server: MockServer) -> None:
@@ -129,8 +144,12 @@ def test_a_429_with_retry_after_ms_is_honoured(server: MockServer) -> None:
 
 
 def test_bad_fault_headers_are_a_400(server: MockServer) -> None:
-    for name, value in [("x-mockgpt-fault", "500,explode"), ("x-mockgpt-delay-ms", "soon"), ("x-mockgpt-ttft-ms", "-5")]:
-        response = httpx.post(f"{server.base_url}/chat/completions", json={"model": "m", "messages": HELLO}, headers={name: value})
+    for name, value in [
+        ("x-mockgpt-fault", "500,explode"), ("x-mockgpt-delay-ms", "soon"), ("x-mockgpt-ttft-ms", "-5"),
+        ("x-mockgpt-retry-after-ms", "abc"), ("x-mockgpt-fault", b"5\xb20"), ("x-mockgpt-fault", b"stall-after:\xb2"),
+    ]:
+        headers = {name: value, "x-mockgpt-fault": "500"} if name == "x-mockgpt-retry-after-ms" else {name: value}
+        response = httpx.post(f"{server.base_url}/chat/completions", json={"model": "m", "messages": HELLO}, headers=headers)
         assert response.status_code == 400
         assert response.json()["error"]["param"] == name and name in response.json()["error"]["message"]
 
@@ -196,6 +215,18 @@ def test_random_faults(index: Path) -> None:
     assert statuses[0] == statuses[1] and {429, 500, 200} == set(statuses[0])
 
 
+def chunked(body: dict[str, Any]) -> Iterator[bytes]:
+    """``body`` as a request body of unknown length, which httpx sends chunked."""
+    yield json.dumps(body).encode()
+
+
+def test_a_chunked_body_gets_its_fault(server: MockServer) -> None:
+    headers = {"x-mockgpt-fault": "503", "content-type": "application/json"}
+    response = httpx.post(f"{server.base_url}/chat/completions", content=chunked({"model": "m", "messages": HELLO}), headers=headers)
+    assert response.request.headers["transfer-encoding"] == "chunked"
+    assert response.status_code == 503 and response.json()["error"]["type"] == "server_error"
+
+
 # Rate limits
 
 
@@ -210,7 +241,9 @@ def test_rpm_holds_across_workers(index: Path) -> None:
     assert [r.headers["x-ratelimit-remaining-requests"] for r in responses[:5]] == ["4", "3", "2", "1", "0"]
     limited = responses[-1]
     assert limited.json()["error"]["code"] == "rate_limit_exceeded" and limited.json()["error"]["type"] == "requests"
-    assert "requests per min (RPM): Limit 5, Used 5" in limited.json()["error"]["message"]
+    assert limited.json()["error"]["message"].startswith(
+        "Rate limit reached for gpt-4o on requests per min (RPM): Limit 5, Used 5, Requested 1. Please try again in 1"
+    )
     assert 11_000 <= int(limited.headers["retry-after-ms"]) <= 12_000 and limited.headers["retry-after"] == "12"
     assert limited.headers["x-ratelimit-limit-requests"] == "5" and limited.headers["x-ratelimit-reset-requests"].endswith("s")
 
@@ -227,6 +260,37 @@ def test_tpm_counts_prompt_and_max_tokens(index: Path) -> None:
         used = third.json()["usage"]["total_tokens"]
         assert third.status_code == 200 and third.headers["x-ratelimit-remaining-tokens"] == str(31 - used)
         assert "x-ratelimit-limit-requests" not in third.headers
+
+
+def test_every_response_carries_the_rate_limit_headers(index: Path) -> None:
+    with MockServer(index, rpm=50, tpm=1000) as server:
+        url, hello = f"{server.base_url}/chat/completions", {"model": "m", "messages": HELLO}
+        responses = {
+            "hit": httpx.post(url, json=hello),
+            "miss": httpx.post(url, json={"model": "m", "messages": COUNT[:0] + [{"role": "user", "content": "?"}]}),
+            "fault": httpx.post(url, json=hello, headers={"x-mockgpt-fault": "500"}),
+            "bad header": httpx.post(url, json=hello, headers={"x-mockgpt-ttft-ms": "soon"}),
+            "chunked": httpx.post(url, content=chunked(hello), headers={"content-type": "application/json"}),
+        }
+    assert {name: response.status_code for name, response in responses.items()} == {
+        "hit": 200, "miss": 404, "fault": 500, "bad header": 400, "chunked": 200
+    }
+    # Every request takes one from the budget, in the order sent.
+    remaining = [int(response.headers["x-ratelimit-remaining-requests"]) for response in responses.values()]
+    assert remaining == [49, 48, 47, 46, 45]
+    for response in responses.values():
+        assert response.headers["x-ratelimit-limit-tokens"] == "1000" and response.headers["x-ratelimit-reset-requests"]
+
+
+def test_a_request_over_the_token_limit_is_too_large(index: Path) -> None:
+    with MockServer(index, tpm=50) as server:
+        response = httpx.post(f"{server.base_url}/chat/completions", json={"model": "gpt-4o", "messages": HELLO, "max_tokens": 60})
+    assert response.status_code == 429 and "retry-after" not in response.headers
+    assert response.json()["error"] == {
+        "message": "Request too large for gpt-4o on tokens per min (TPM): Limit 50, Requested 69. The input or output"
+        " tokens must be reduced in order to run successfully.",
+        "type": "tokens", "param": None, "code": "rate_limit_exceeded",
+    }
 
 
 def test_rate_limits_are_per_api_key(index: Path) -> None:
@@ -274,6 +338,55 @@ def test_beyond_the_queue_the_server_is_overloaded(index: Path) -> None:
             assert sorted(r.status_code for r in results) == [200, status]
             refused = next(r for r in results if r.status_code == status)
             assert refused.json()["error"]["type"] == "server_error" and "overloaded" in refused.json()["error"]["message"]
+
+
+def eventually(condition: Callable[[], bool], seconds: float = 5.0) -> None:
+    """Wait until ``condition()`` holds; fail if it does not within ``seconds``."""
+    deadline = time.perf_counter() + seconds
+    while not condition():
+        assert time.perf_counter() < deadline, "not within the time allowed"
+        time.sleep(0.01)
+
+
+def test_a_client_that_leaves_the_queue_gives_its_place_up(index: Path) -> None:
+    with MockServer(index, max_concurrency=1, max_queue=1, ttft_ms=2000, metrics=True) as server:
+        url, hello = f"{server.base_url}/chat/completions", {"model": "m", "messages": HELLO}
+        holder = threading.Thread(target=lambda: asyncio.run(timed_stream(server, HELLO)))
+        holder.start()
+        eventually(lambda: metrics(server)[("mockgpt_streams_in_flight", ())] == 1)
+        # The slot is held: the next request waits, then its client gives up.
+        with pytest.raises(httpx.ReadTimeout):
+            httpx.post(url, json=hello, timeout=httpx.Timeout(10, read=0.2))
+        # At once, not when the slot comes free, a second later.
+        eventually(lambda: metrics(server)[("mockgpt_queue_depth", ())] == 0, seconds=1.0)
+        # Its place is free: the next one waits in it rather than being turned away.
+        assert httpx.post(url, json=hello, timeout=10).status_code == 200
+        holder.join()
+        seen = metrics(server)
+    assert seen[("mockgpt_requests_total", (("outcome", "gone"), ("route", "/chat/completions"), ("status", "499")))] == 1
+    assert seen[("mockgpt_rejected_total", (("reason", "overload"),))] == 0
+
+
+def test_timing_headers_pace_any_server(server: MockServer) -> None:
+    started = time.perf_counter()
+    first, _, _ = asyncio.run(timed_stream(server, COUNT, **{"x-mockgpt-ttft-ms": "150", "x-mockgpt-itl-ms": "1"}))
+    assert first - started >= 0.15
+    started = time.perf_counter()
+    client(server).chat.completions.create(model="m", messages=HELLO, extra_headers={"x-mockgpt-ttft-ms": "150"})  # type: ignore[arg-type]
+    assert time.perf_counter() - started >= 0.15
+
+
+def test_a_whole_answer_of_several_choices_takes_its_longest_choice(index: Path) -> None:
+    with MockServer(index, itl_ms=2) as server:
+        asking = client(server)
+        asking.models.list()  # the client's first request sets it up
+        started = time.perf_counter()
+        answer = asking.chat.completions.create(model="m", messages=COUNT, n=3)  # type: ignore[arg-type]
+        took = time.perf_counter() - started
+    assert answer.usage is not None and len(answer.choices) == 3
+    tokens = answer.usage.completion_tokens // 3
+    # The three are written side by side: the time of one, not of all three.
+    assert 0.002 * (tokens - 1) <= took < 0.002 * 2 * tokens
 
 
 def test_streams_are_paced(index: Path) -> None:
@@ -335,14 +448,16 @@ def test_metrics_count_every_request(index: Path, workers: int) -> None:
         for _ in range(2):
             asyncio.run(timed_stream(server, COUNT))
         httpx.post(f"{server.base_url}/completions", json={"model": "m", "prompt": "Hello!"}, headers={"x-mockgpt-fault": "429"})
+        refused = httpx.post(f"{server.url}/metrics")
+        assert (refused.status_code, refused.headers["allow"], refused.json()["error"]["type"]) == (405, "GET", "invalid_request_error")
         seen = metrics(server)
     chat = "/chat/completions"
     assert seen[("mockgpt_requests_total", (("outcome", "hit"), ("route", chat), ("status", "200")))] == 9
     assert seen[("mockgpt_requests_total", (("outcome", "miss"), ("route", chat), ("status", "404")))] == 3
-    assert seen[("mockgpt_requests_total", (("outcome", "error"), ("route", "/completions"), ("status", "429")))] == 1
+    assert seen[("mockgpt_requests_total", (("outcome", "fault"), ("route", "/completions"), ("status", "429")))] == 1
     assert seen[("mockgpt_request_duration_seconds_count", (("route", chat),))] == 12
     assert seen[("mockgpt_time_to_first_token_seconds_count", (("route", chat),))] == 2
-    assert seen[("mockgpt_rate_limited_total", (("reason", "fault"),))] == 1
+    assert seen[("mockgpt_rejected_total", (("reason", "fault"),))] == 1
     assert seen[("mockgpt_streams_in_flight", ())] == 0 and seen[("mockgpt_queue_depth", ())] == 0
     assert seen[("mockgpt_tokens_total", (("kind", "prompt"),))] == 7 * 9 + 2 * 9
 
