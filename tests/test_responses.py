@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import re
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -423,8 +424,24 @@ SPEC_CASES = {
 }
 
 
+@pytest.fixture(scope="module")
+def busy(index: Path) -> Iterator[MockServer]:
+    """A server that sends every answer through its traffic layer: paced, in answer slots, rate-limited."""
+    with MockServer(index, ttft_ms=1, itl_ms=1, max_concurrency=4, rpm=10**6) as server:
+        yield server
+
+
 @pytest.mark.parametrize("body", SPEC_CASES.values(), ids=SPEC_CASES.keys())
 def test_every_object_and_event_is_in_the_spec(server: MockServer, body: dict[str, Any]) -> None:
+    assert_in_spec(server, body)
+
+
+@pytest.mark.parametrize("body", SPEC_CASES.values(), ids=SPEC_CASES.keys())
+def test_a_busy_server_sends_the_same_objects_and_events(busy: MockServer, body: dict[str, Any]) -> None:
+    assert_in_spec(busy, body)
+
+
+def assert_in_spec(server: MockServer, body: dict[str, Any]) -> None:
     response = post(server, body)
     assert response.status_code == 200, response.text
     validate("Response", response.json(), extra_properties=["store"])
