@@ -40,6 +40,17 @@ def server(index: Path) -> Iterator[MockServer]:
         yield server
 
 
+# Options that send every answer through the traffic layer: paced, in answer slots, rate-limited, counted.
+BUSY = {"ttft_ms": 1, "itl_ms": 1, "max_concurrency": 8, "max_queue": 64, "rpm": 10**6, "tpm": 10**9, "metrics": True}
+
+
+@pytest.fixture(scope="module")
+def busy(index: Path) -> Iterator[MockServer]:
+    """A server of the test module's own ``index`` fixture, with the ``BUSY`` options."""
+    with MockServer(index, **BUSY) as server:
+        yield server
+
+
 @pytest.fixture
 def client(server: MockServer) -> Iterator[openai.OpenAI]:
     """The official client of ``server``, which does not retry."""

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import re
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -422,13 +421,6 @@ SPEC_CASES = {
     "incomplete-among-calls": {"input": ASK[1:], "instructions": ASK[0]["content"], "max_output_tokens": 20},
     "echoed": {"input": "2+2?", **ECHOED},
 }
-
-
-@pytest.fixture(scope="module")
-def busy(index: Path) -> Iterator[MockServer]:
-    """A server that sends every answer through its traffic layer: paced, in answer slots, rate-limited."""
-    with MockServer(index, ttft_ms=1, itl_ms=1, max_concurrency=4, rpm=10**6) as server:
-        yield server
 
 
 @pytest.mark.parametrize("body", SPEC_CASES.values(), ids=SPEC_CASES.keys())

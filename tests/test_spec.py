@@ -15,6 +15,7 @@ from jsonschema import Draft202012Validator
 
 from mockgpt.testing import MockServer, index_conversations
 
+from .conftest import BUSY
 from .openapi import extract
 from .spec import EXTRACT, schemas, sse_events, sse_objects, validate
 
@@ -32,10 +33,6 @@ API_KEY = "sk-mockgpt-spec-test"
 @pytest.fixture(scope="module")
 def index(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return index_conversations(CONVERSATIONS, tmp_path_factory.mktemp("spec") / "chats.mgpt")
-
-
-# "busy" sends everything through the traffic layer: paced, in answer slots, under rate limits, counted.
-BUSY = {"ttft_ms": 1, "itl_ms": 1, "max_concurrency": 8, "max_queue": 64, "rpm": 10**6, "tpm": 10**9, "metrics": True}
 
 
 @pytest.fixture(scope="module", params=[{}, {"deterministic": True}, BUSY], ids=["random", "deterministic", "busy"])

@@ -170,18 +170,17 @@ def test_max_tokens_leaves_out_a_call_it_would_split(client: openai.OpenAI) -> N
     assert cut.usage is not None and cut.usage.completion_tokens == first + 2
 
 
-# "busy": through the traffic layer, paced and in answer slots.
-@pytest.mark.parametrize("options", [{}, {"ttft_ms": 1, "itl_ms": 1, "max_concurrency": 4}], ids=["plain", "busy"])
-def test_every_object_and_chunk_is_in_the_spec(index: Path, options: dict[str, int]) -> None:
-    with MockServer(index, **options) as server:
-        for request in [{"messages": ASK}, {"messages": MIXED[:1]}, {"messages": ASK, "max_tokens": 20}, {"messages": ASK, "n": 2}]:
-            body = {"model": "gpt-4o", **request}
-            validate("CreateChatCompletionResponse", httpx.post(f"{server.base_url}/chat/completions", json=body).json())
-            stream = {**body, "stream": True, "stream_options": {"include_usage": True}}
-            chunks = sse_objects(httpx.post(f"{server.base_url}/chat/completions", json=stream).text)
-            assert chunks[-1]["usage"] is not None
-            for chunk in chunks:
-                validate("CreateChatCompletionStreamResponse", chunk)
+@pytest.mark.parametrize("served_by", ["server", "busy"])
+def test_every_object_and_chunk_is_in_the_spec(request: pytest.FixtureRequest, served_by: str) -> None:
+    server: MockServer = request.getfixturevalue(served_by)
+    for ask in [{"messages": ASK}, {"messages": MIXED[:1]}, {"messages": ASK, "max_tokens": 20}, {"messages": ASK, "n": 2}]:
+        body = {"model": "gpt-4o", **ask}
+        validate("CreateChatCompletionResponse", httpx.post(f"{server.base_url}/chat/completions", json=body).json())
+        stream = {**body, "stream": True, "stream_options": {"include_usage": True}}
+        chunks = sse_objects(httpx.post(f"{server.base_url}/chat/completions", json=stream).text)
+        assert chunks[-1]["usage"] is not None
+        for chunk in chunks:
+            validate("CreateChatCompletionStreamResponse", chunk)
 
 
 def test_sharegpt_tool_roles(tmp_path: Path) -> None:
