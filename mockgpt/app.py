@@ -4,9 +4,8 @@
 ``MOCKGPT_*`` environment variables. Every route is served with and without the ``/v1`` prefix.
 
 A hit on ``POST /v1/chat/completions`` or ``POST /v1/responses`` that is not streamed, the request a
-load test sends most, is answered by ``FastChat``, an ASGI layer in front of the Litestar app that
-decodes, looks up and renders with the same code the route handler uses; any other request, and any
-request that would be an error, goes to Litestar untouched.
+load test sends most, is answered by ``FastPath`` (fastpath.py), in front of the Litestar app; any other
+request, and any request that would be an error, goes to Litestar untouched.
 """
 
 from __future__ import annotations
@@ -14,9 +13,9 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any, Protocol, TypeVar
+from typing import Any
 
 import msgspec
 from litestar import Litestar, Request, Response, Router, get, post
@@ -29,12 +28,15 @@ from litestar.response import Stream
 from litestar.static_files import create_static_files_router
 
 from mockgpt import render
-from mockgpt.asgi import IN_A_ROW, JSON_TYPE, ASGIApp, Receive, Scope, Send, admissible, read_body, replayed
-from mockgpt.errors import APIError, AuthenticationFailed, BadRequest, MethodNotAllowed, NotFound, PayloadTooLarge
+from mockgpt.asgi import IN_A_ROW, MAX_HEADERS, ASGIApp, answering_head, header_bytes
+from mockgpt.errors import (
+    APIError, AuthenticationFailed, BadRequest, HeadersTooLarge, MethodNotAllowed, NotFound, PayloadTooLarge,
+)
+from mockgpt.fastpath import FastPath
+from mockgpt.metrics import Metrics
 from mockgpt.reader import Index
 from mockgpt.render_responses import Response as ResponseObject
 from mockgpt.responses import CreateResponse
-from mockgpt.metrics import Metrics
 from mockgpt.service import MODEL_CREATED, Reply, Service, Settings, random_id
 from mockgpt.shared import Local, Remote
 from mockgpt.traffic import Traffic
@@ -43,82 +45,19 @@ from mockgpt.schema import (
     ChatCompletionRequest,
     Completion,
     CompletionRequest,
+    Conversations,
     ErrorBody,
     Health,
     Model,
     ModelList,
 )
 
-__all__ = ["FastChat", "Settings", "Service", "create_app"]
+__all__ = ["Settings", "Service", "create_app"]
 
 logger = logging.getLogger("mockgpt")
 
 MODELS = ["gpt-4o", "gpt-4o-mini", "gpt-4.1", "gpt-4.1-mini", "gpt-4-turbo", "gpt-3.5-turbo", "o3-mini", "mockgpt"]
 _JSON = "application/json"
-
-
-class FastChat:
-    """Answers non-streamed chat completion and Responses API hits itself; passes completion requests that
-    carry an ``x-mockgpt-`` header to ``traffic``, and everything else to ``app``."""
-
-    answered = frozenset(
-        {"/v1/chat/completions", "/chat/completions", "/v1/completions", "/completions", "/v1/responses", "/responses"}
-    )
-
-    def __init__(self, app: ASGIApp, service: Service, traffic: ASGIApp) -> None:
-        self.app = app
-        self.service = service
-        self.traffic = traffic
-        chat, responses = _hit(ChatCompletionRequest, service.chat), _hit(CreateResponse, service.responses)
-        self._hits = {
-            "/v1/chat/completions": chat, "/chat/completions": chat, "/v1/responses": responses, "/responses": responses
-        }
-        api_key = service.settings.api_key
-        self._authorization = None if api_key is None else f"Bearer {api_key}".encode()
-        self._max_body = service.settings.max_body
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["method"] != "POST" or scope["path"] not in self.answered:
-            await self.app(scope, receive, send)
-            return
-        admitted, asked = admissible(scope, self._authorization, self._max_body)
-        if admitted and asked:
-            await self.traffic(scope, receive, send)
-            return
-        hit = self._hits.get(scope["path"]) if admitted else None
-        if hit is None:
-            await self.app(scope, receive, send)
-            return
-        body, more = await read_body(receive, self._max_body)
-        reply = hit(body) if len(body) <= self._max_body else None
-        if reply is None:
-            await self.app(scope, replayed(body, receive, more), send)
-            return
-        headers = [JSON_TYPE, (b"content-length", str(len(reply.body)).encode()), *reply.headers]
-        await send({"type": "http.response.start", "status": 200, "headers": headers})
-        await send({"type": "http.response.body", "body": reply.body})
-
-
-class _Streamable(Protocol):
-    stream: bool | None
-
-
-R = TypeVar("R", bound=_Streamable)
-
-
-def _hit(request_type: type[R], answer: Callable[[R], Reply]) -> Callable[[bytes], Reply | None]:
-    """What answers a body of ``request_type``: the reply to a non-streamed hit; None for anything else,
-    which Litestar then answers."""
-    decode = msgspec.json.Decoder(request_type).decode
-
-    def hit(body: bytes) -> Reply | None:
-        try:
-            request = decode(body)
-            return None if request.stream else answer(request)
-        except Exception:
-            return None
-
-    return hit
 
 
 # Routes
@@ -140,6 +79,11 @@ def _api_key_guard(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteH
         given = authorization.removeprefix("Bearer ")
         shown = given[:3] + "*" * max(len(given) - 7, 0) + given[-4:] if len(given) > 7 else "*" * len(given)
         raise AuthenticationFailed(f"Incorrect API key provided: {shown}.")
+
+
+def _headers_guard(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler) -> None:
+    if header_bytes(connection.scope) > MAX_HEADERS:  # type: ignore[arg-type]
+        raise HeadersTooLarge(f"Request header fields too large: the limit is {MAX_HEADERS} bytes.")
 
 
 def _reply(reply: Reply) -> Response[bytes] | Stream:
@@ -280,7 +224,10 @@ async def health(request: Request[Any, Any, Any]) -> Health:
         status="ok",
         index=index.path,
         format_version=header.format_version,
-        conversations=header.conversations,
+        conversations=Conversations(
+            read=index.meta.stats.get("read", header.conversations), indexed=header.conversations,
+            skipped=sum(index.meta.skipped.values()),
+        ),
         answers=header.answers,
         keys=header.keys,
         sources=index.meta.sources,
@@ -353,6 +300,7 @@ def create_app(settings: Settings | None = None) -> ASGIApp:
             create_static_files_router("/static/swagger-ui", directories=[Path(swagger_ui_path)], include_in_schema=False),
         ],
         state=_state(service),
+        guards=[_headers_guard],
         exception_handlers={APIError: _api_error, HTTPException: _http_error, Exception: _server_error},
         request_max_body_size=settings.max_body,
         openapi_config=OpenAPIConfig(
@@ -364,16 +312,16 @@ def create_app(settings: Settings | None = None) -> ASGIApp:
         ),
         debug=False,
     )
-    inner: ASGIApp = app  # type: ignore[assignment]
+    inner = answering_head(app)  # type: ignore[arg-type]
     if settings.upstream:
-        from mockgpt.record import Recorder
+        from mockgpt.upstream import Recorder
 
         # Misses go upstream: the layers before this one hand it what they would hand Litestar.
         inner = Recorder(inner, service)
     traffic = _traffic(inner, service)
     # Everything built so far lives as long as the process: keep the collector from walking it again and again.
     gc.freeze()
-    return traffic if settings.busy else FastChat(inner, service, traffic)
+    return traffic if settings.busy else FastPath(inner, service, traffic)
 
 
 def _traffic(app: ASGIApp, service: Service) -> Traffic:

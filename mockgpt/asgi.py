@@ -5,7 +5,10 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
-__all__ = ["IN_A_ROW", "JSON_TYPE", "ASGIApp", "Receive", "Scope", "Send", "admissible", "read_body", "replayed", "send_whole"]
+__all__ = [
+    "IN_A_ROW", "JSON_TYPE", "MAX_HEADERS", "ASGIApp", "Receive", "Scope", "Send", "admissible", "answering_head",
+    "header_bytes", "read_body", "replayed", "send_whole", "without_body",
+]
 
 Scope = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
@@ -13,6 +16,10 @@ Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 JSON_TYPE = (b"content-type", b"application/json")
+
+# The most bytes of request headers, names and values, that mockgpt reads: it keeps some of them (fault
+# keys, API keys) for a while.
+MAX_HEADERS = 64 << 10
 
 # The most frames a stream sends in a row before the other requests get their turn (writing rarely waits).
 IN_A_ROW = 64
@@ -52,19 +59,52 @@ def replayed(body: bytes, receive: Receive, more: bool = False) -> Receive:
 
 def admissible(scope: Scope, authorization: bytes | None, max_body: int) -> tuple[bool, bool]:
     """Whether a request can be answered without the app's checks (``authorization`` matches, if required,
-    and a declared body length is within ``max_body``: a body of unknown length is checked as it is read);
-    and whether it asks for faults or timing of its own with an ``x-mockgpt-`` header."""
+    its headers come to at most ``MAX_HEADERS`` bytes, and a declared body length is within ``max_body``: a
+    body of unknown length is checked as it is read); and whether it asks for faults or timing of its own
+    with an ``x-mockgpt-`` header."""
     length = 0
+    size = 0
     authorized = authorization is None
     asked = False
     for name, value in scope["headers"]:
+        size += len(name) + len(value)
         if name == b"content-length":
-            length = int(value) if value.isdigit() else max_body + 1
+            # More digits than any length has would only cost int() its time.
+            length = int(value) if value.isdigit() and len(value) < 19 else max_body + 1
         elif name == b"authorization":
             authorized = authorized or value == authorization
         elif name.startswith(b"x-mockgpt-"):
             asked = True
-    return authorized and length <= max_body, asked
+    return authorized and length <= max_body and size <= MAX_HEADERS, asked
+
+
+def header_bytes(scope: Scope) -> int:
+    """The size of a request's headers, names and values."""
+    return sum(len(name) + len(value) for name, value in scope["headers"])
+
+
+def answering_head(app: ASGIApp) -> ASGIApp:
+    """``app`` answering ``HEAD`` wherever it answers ``GET``: the same status and headers, and no body."""
+
+    async def answer(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["method"] == "HEAD":
+            await app({**scope, "method": "GET"}, receive, without_body(send))
+        else:
+            await app(scope, receive, send)
+
+    return answer
+
+
+def without_body(send: Send) -> Send:
+    """``send`` that sends a response's start as it is, and no body."""
+
+    async def headers_only(message: MutableMapping[str, Any]) -> None:
+        if message["type"] != "http.response.body":
+            await send(message)
+        elif not message.get("more_body", False):
+            await send({"type": "http.response.body", "body": b""})
+
+    return headers_only
 
 
 async def send_whole(send: Send, status: int, headers: list[tuple[bytes, bytes]], body: bytes) -> None:

@@ -8,11 +8,14 @@ A message counts by its role, its text and its tool calls:
 - roles: ``human``/``user`` -> user; ``gpt``/``chatgpt``/``bing``/``bard``/``assistant``/``model``
   -> assistant; ``system``/``developer`` -> system; ``tool``/``function``/``observation`` -> tool.
 - text: a string, or the concatenated ``text`` of a list of content parts' text parts; ``None`` is "".
-  Unicode NFC, CRLF -> LF, outer whitespace stripped.
+  Unicode NFC, CRLF -> LF, outer whitespace stripped. A text that is not in NFC already is first put in
+  the Stream-Safe Text Format of UAX #15 (U+034F COMBINING GRAPHEME JOINER after every 30 characters of
+  a run of non-starters), so that normalizing it takes time linear in its length: no real text has
+  such runs.
 - tool calls (an assistant's): each call's function name, and its arguments: JSON arguments as canonical
-  JSON (keys sorted, no spaces), other arguments as normalized text. Call ids and a tool message's
-  ``tool_call_id`` do not count: apps send back whatever ids they got. Names and every other field are
-  ignored.
+  JSON (keys sorted, no spaces), other arguments as normalized text; JSON nested more than ``MAX_DEPTH``
+  levels deep has no canonical form (``TooDeep``). Call ids and a tool message's ``tool_call_id`` do not
+  count: apps send back whatever ids they got. Names and every other field are ignored.
 
 Each message is framed as one role letter (u, a, s, t), the length of its text in code points in
 decimal, a colon, and the text; then each of its tool calls as ``f``, the name's length, a colon, the
@@ -25,32 +28,39 @@ bytes. ``VERSION`` changes whenever any of this does; the index header records i
 
 from __future__ import annotations
 
+import functools
+import re
 import unicodedata
 from collections.abc import Iterable, Mapping, Sequence
 from typing import NamedTuple
 
 import msgspec
-from xxhash import xxh3_128_digest
+from xxhash import xxh3_128, xxh3_128_digest
 
 __all__ = [
+    "MAX_DEPTH",
     "ROLES",
     "VERSION",
     "Call",
     "FunctionCall",
     "Message",
     "TextPart",
+    "TooDeep",
     "ToolCall",
     "arguments",
     "calls_of",
     "digest",
+    "digests",
     "frame",
     "frame_message",
+    "frame_parts",
     "frame_request",
     "normalize",
     "text_of",
 ]
 
-VERSION = 3
+VERSION = 4
+MAX_DEPTH = 128
 
 ROLES: Mapping[str, str] = {
     "human": "user",
@@ -126,25 +136,92 @@ def text_of(content: str | Sequence[TextPart] | None) -> str:
     return "".join(part.text or "" for part in content if part.type == "text")
 
 
+class TooDeep(ValueError):
+    """Tool call arguments of JSON nested more than ``MAX_DEPTH`` levels deep."""
+
+
 def normalize(text: str) -> str:
-    """NFC, CRLF -> LF, outer whitespace stripped."""
-    if not text.isascii():
-        text = unicodedata.normalize("NFC", text)
+    """NFC (of the stream-safe form, for a text not in NFC), CRLF -> LF, outer whitespace stripped."""
+    if not text.isascii() and not unicodedata.is_normalized("NFC", text):
+        text = unicodedata.normalize("NFC", _stream_safe(text))
     # str.replace searches for two characters far slower than `in` finds one.
     if "\r" in text:
         text = text.replace("\r\n", "\n")
     return text.strip()
 
 
+# UAX #15's Stream-Safe Text Format, which bounds the work of normalizing any one character sequence.
+_SAFE_RUN = 30
+_JOINER = "\u034f"
+
+
+def _stream_safe(text: str) -> str:
+    """``text`` with a combining grapheme joiner after every 30 characters of each run of non-starters."""
+    return _long_runs().sub(_joined, text)
+
+
+def _joined(run: re.Match[str]) -> str:
+    marks = run[0]
+    return _JOINER.join(marks[start : start + _SAFE_RUN] for start in range(0, len(marks), _SAFE_RUN))
+
+
+@functools.cache
+def _long_runs() -> re.Pattern[str]:
+    """Runs of more than 30 non-starters: characters of a combining class other than 0, or whose canonical
+    decomposition starts with one. Made on first use: it takes a look at every character that can be one."""
+    starts = [code for code in range(0x300, 0x20000) if _non_starter(chr(code))]
+    ranges: list[list[int]] = []
+    for code in starts:
+        if ranges and ranges[-1][1] == code - 1:
+            ranges[-1][1] = code
+        else:
+            ranges.append([code, code])
+    members = "".join(f"\\U{low:08x}-\\U{high:08x}" for low, high in ranges)
+    return re.compile(f"[{members}]{{{_SAFE_RUN + 1},}}")
+
+
+def _non_starter(char: str) -> bool:
+    if unicodedata.combining(char):
+        return True
+    decomposition = unicodedata.decomposition(char)
+    return bool(decomposition) and not decomposition.startswith("<") and bool(
+        unicodedata.combining(chr(int(decomposition.split()[0], 16)))
+    )
+
+
 _sorted = msgspec.json.Encoder(order="sorted").encode
 
 
 def arguments(raw: str) -> str:
-    """Tool call arguments as they count: canonical JSON if they are JSON, else normalized text."""
+    """Tool call arguments as they count: canonical JSON if they are JSON, else normalized text.
+
+    Raises ``TooDeep`` for JSON nested more than ``MAX_DEPTH`` levels deep.
+    """
     try:
-        return _sorted(msgspec.json.decode(raw)).decode()
+        value = msgspec.json.decode(raw)
     except msgspec.DecodeError:
         return normalize(raw)
+    except RecursionError:
+        raise TooDeep(f"JSON nested more than {MAX_DEPTH} levels deep") from None
+    # Only so many brackets can nest only so deep: most arguments need no look at their depth.
+    if raw.count("[") + raw.count("{") > MAX_DEPTH and _depth(value) > MAX_DEPTH:
+        raise TooDeep(f"JSON nested more than {MAX_DEPTH} levels deep")
+    return _sorted(value).decode()
+
+
+def _depth(value: object) -> int:
+    """How deep JSON ``value`` nests, level by level: each container is looked at once, without recursion."""
+    depth = 0
+    level = [value] if isinstance(value, (list, dict)) else []
+    while level:
+        depth += 1
+        level = [
+            child
+            for node in level
+            for child in (node.values() if isinstance(node, dict) else node)
+            if isinstance(child, (list, dict))
+        ]
+    return depth
 
 
 def _frame_calls(calls: Iterable[Call]) -> str:
@@ -173,11 +250,11 @@ def frame(messages: Iterable[tuple[str, str] | tuple[str, str, Sequence[Call]]])
     return "".join(parts).encode("utf-8", "surrogatepass")
 
 
-def frame_request(messages: Iterable[Message], roles: Mapping[str, str] = ROLES, skip: str | None = None) -> bytes:
-    """The framing of request messages, their roles named as in ``roles``, leaving out role ``skip``.
+def frame_parts(messages: Iterable[Message], roles: Mapping[str, str] = ROLES, skip: str | None = None) -> list[str]:
+    """The framing of each request message, its role named as in ``roles``, leaving out role ``skip``:
+    ``frame_request`` before it joins and encodes them.
 
-    The same as ``frame`` of their (role, text) pairs, in one pass: this is the server's hot path.
-    Raises ``KeyError`` for a role ``roles`` does not name.
+    Raises ``KeyError`` for a role ``roles`` does not name, ``TooDeep`` as ``arguments``.
     """
     parts = []
     for message in messages:
@@ -187,18 +264,38 @@ def frame_request(messages: Iterable[Message], roles: Mapping[str, str] = ROLES,
         content = message.content
         text = content if isinstance(content, str) else text_of(content)
         # normalize(), inlined: a call per message is a measurable share of a request.
-        if not text.isascii():
-            text = unicodedata.normalize("NFC", text)
+        if not text.isascii() and not unicodedata.is_normalized("NFC", text):
+            text = unicodedata.normalize("NFC", _stream_safe(text))
         if "\r" in text:
             text = text.replace("\r\n", "\n")
         text = text.strip()
-        parts.append(f"{_ROLE_CHAR[role]}{len(text)}:")
-        parts.append(text)
         if message.tool_calls or message.function_call:
-            parts.append(_frame_calls(calls_of(message)))
-    return "".join(parts).encode("utf-8", "surrogatepass")
+            parts.append(f"{_ROLE_CHAR[role]}{len(text)}:{text}{_frame_calls(calls_of(message))}")
+        else:
+            parts.append(f"{_ROLE_CHAR[role]}{len(text)}:{text}")
+    return parts
+
+
+def frame_request(messages: Iterable[Message], roles: Mapping[str, str] = ROLES, skip: str | None = None) -> bytes:
+    """The framing of request messages, their roles named as in ``roles``, leaving out role ``skip``.
+
+    The same as ``frame`` of their (role, text) pairs, in one pass: this is the server's hot path.
+    Raises ``KeyError`` for a role ``roles`` does not name, ``TooDeep`` as ``arguments``.
+    """
+    return "".join(frame_parts(messages, roles, skip)).encode("utf-8", "surrogatepass")
 
 
 def digest(framed: bytes | memoryview) -> bytes:
     """The 16-byte key of framed messages."""
     return xxh3_128_digest(framed)
+
+
+def digests(head: bytes, parts: Iterable[bytes]) -> list[bytes]:
+    """The keys of ``head`` and of ``head`` followed by each prefix of ``parts`` (framed messages), in one
+    pass over them: ``[digest(head), digest(head + parts[0]), ...]``."""
+    state = xxh3_128(head)
+    keys = [state.digest()]
+    for part in parts:
+        state.update(part)
+        keys.append(state.digest())
+    return keys

@@ -76,12 +76,15 @@ def index(sources: tuple[str, ...], output: str | None, format: str | None, part
             raise _failure(error, "--partial") from None
     if quiet:
         return
-    click.echo(f"{output}: {stats.conversations:,} conversations read, {stats.answers:,} assistant turns indexed,")
-    click.echo(f"  {stats.keys:,} distinct keys, {stats.several_answers:,} with several answers")
+    skipped = sum(stats.skipped.values())
+    click.echo(f"{output}: {stats.read:,} conversations read: {stats.indexed:,} indexed, {skipped:,} skipped")
+    click.echo(f"  {stats.answers:,} answers (assistant turns) under {stats.keys:,} keys, {stats.several_answers:,} of them with several answers")
     for reason, count in sorted(stats.skipped.items()):
         click.echo(f"  skipped: {count:,} {reason}")
     if stats.skipped_ids:
         click.echo(f"  first skipped conversations: {', '.join(stats.skipped_ids)}")
+    if stats.assistant_openers:
+        click.echo(f"  not indexed: the opening assistant turn of {stats.assistant_openers:,} conversations, with nothing before it")
     rate = stats.bytes_read / 1e6 / stats.seconds if stats.seconds else 0.0
     click.echo(f"  {stats.seconds:.1f} s, {rate:.1f} MB/s")
 

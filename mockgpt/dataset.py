@@ -31,6 +31,7 @@ from mockgpt.errors import DatasetError
 __all__ = ["FORMATS", "Conversation", "Skip", "detect_format", "read"]
 
 FORMATS = ("sharegpt", "sharegpt-jsonl", "openai-jsonl")
+_TOO_DEEP = "JSON nested too deeply to read"
 
 
 class Conversation(NamedTuple):
@@ -102,7 +103,11 @@ def _read_array(
             reason = str(error).splitlines()[0].removeprefix("parse error: ").rstrip(".")
             raise DatasetError(f"{name}: invalid JSON before byte {file.tell()}: {reason}", offset=file.tell())
         number += 1
-        yield _sharegpt(item, number)
+        try:
+            conversation = _sharegpt(item, number)
+        except RecursionError:
+            conversation = Skip(f"#{number}", _TOO_DEEP)
+        yield conversation
         if on_progress is not None and number % 256 == 0:
             on_progress(file.tell())
 
@@ -117,9 +122,12 @@ def _read_lines(
     for number, line in enumerate(file, 1):
         if line.strip():
             try:
-                yield parse(line, number)
+                conversation = parse(line, number)
             except msgspec.DecodeError as error:
                 raise DatasetError(f"{name}: invalid JSON on line {number} (byte {offset}): {error}", offset=offset)
+            except RecursionError:
+                conversation = Skip(str(number), _TOO_DEEP)
+            yield conversation
         offset += len(line)
         if on_progress is not None and number % 256 == 0:
             on_progress(offset)
@@ -174,7 +182,7 @@ def _sharegpt_calls(value: Any, where: str) -> tuple[canonical.Call, ...] | None
     if isinstance(value, str):
         try:
             value = msgspec.json.decode(value)
-        except msgspec.DecodeError:
+        except (msgspec.DecodeError, RecursionError):
             return None
     items = value if isinstance(value, list) else [value]
     calls = []

@@ -8,6 +8,7 @@ __all__ = [
     "BadRequest",
     "ConversationNotFound",
     "DatasetError",
+    "HeadersTooLarge",
     "IndexFormatError",
     "MethodNotAllowed",
     "MockGPTError",
@@ -72,3 +73,8 @@ class MethodNotAllowed(APIError):
 
 class PayloadTooLarge(APIError):
     status_code = 413
+
+
+class HeadersTooLarge(APIError):
+    status_code = 431
+    code = "request_headers_too_large"

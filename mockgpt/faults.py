@@ -21,6 +21,8 @@ from collections.abc import Mapping, Sequence
 from http import HTTPStatus
 from typing import NamedTuple
 
+from xxhash import xxh3_128_hexdigest
+
 from mockgpt import render
 from mockgpt.errors import BadRequest
 from mockgpt.shared import State
@@ -108,7 +110,8 @@ class Faults:
         """The fault of a request whose ``x-mockgpt-fault`` header gave ``plan`` (None without one), and
         whose ``x-mockgpt-fault-key`` gave ``key``; at random without a plan."""
         if plan is not None:
-            number = 0 if key is None else await state.fault_step(key)
+            # Counted by a digest of the key: however long the keys clients send, each costs the state 32 bytes.
+            number = 0 if key is None else await state.fault_step(xxh3_128_hexdigest(key.encode("latin-1")))
             return plan[number] if number < len(plan) else OK
         if self.rate and self._random.random() < self.rate:
             return Fault("status", self._random.choice(self.statuses))

@@ -82,3 +82,5 @@ class Meta(msgspec.Struct, frozen=True, kw_only=True):
     built_at: str
     stats: dict[str, int] = {}
     skipped: dict[str, int] = {}
+    # The most messages of a recorded conversation, up to its last answer: no longer request can match one.
+    longest: int = 0

@@ -32,14 +32,20 @@ _SHOWN_IDS = 5
 
 
 class Stats(msgspec.Struct, kw_only=True):
-    """What a build read, indexed and left out."""
+    """What a build read, indexed and left out: every conversation read is indexed or skipped."""
 
-    conversations: int = 0
+    read: int = 0
+    indexed: int = 0
+    # Conversations left out, by reason.
+    skipped: dict[str, int] = msgspec.field(default_factory=dict)
+    skipped_ids: list[str] = msgspec.field(default_factory=list)
+    # Indexed conversations that open with an assistant turn, which has nothing before it to be a key.
+    assistant_openers: int = 0
     answers: int = 0
     keys: int = 0
     several_answers: int = 0
-    skipped: dict[str, int] = msgspec.field(default_factory=dict)
-    skipped_ids: list[str] = msgspec.field(default_factory=list)
+    # The most messages of an indexed conversation, up to its last answer.
+    longest: int = 0
     bytes_read: int = 0
     seconds: float = 0.0
 
@@ -73,9 +79,11 @@ def build(
         for prepared, measured in _measure(_prepare(conversations, stats), jobs):
             answers = records.encode_answers(prepared, measured)
             writer.add(prepared.framed, [length for length, _ in prepared.keys], answers)
+            stats.longest = max(stats.longest, prepared.keys[-1][1] + 1)
         if writer.answers == 0 and not allow_empty:
             raise DatasetError(f"no conversation to index in {', '.join(map(os.fsdecode, sources))}")
-        stats.answers, stats.keys, stats.several_answers = writer.answers, writer.keys, writer.several_answers()
+        stats.indexed, stats.answers, stats.keys = writer.conversations, writer.answers, writer.keys
+        stats.several_answers = writer.several_answers()
         stats.seconds = time.perf_counter() - started
         writer.finish(_meta(sources, stats))
     return stats
@@ -109,20 +117,28 @@ def _conversations(
 def _prepare(items: Iterable[dataset.Conversation | dataset.Skip], stats: Stats) -> Iterator[records.Prepared]:
     skipped: Counter[str] = Counter()
     for item in items:
-        stats.conversations += 1
-        if isinstance(item, dataset.Skip):
-            skipped[item.reason] += 1
+        stats.read += 1
+        prepared = _prepared(item)
+        if isinstance(prepared, str):
+            skipped[prepared] += 1
             if len(stats.skipped_ids) < _SHOWN_IDS:
                 stats.skipped_ids.append(item.id)
             continue
-        if item.messages and item.messages[0][0] == "assistant":
-            skipped["assistant turn with no message before it"] += 1
-        prepared = records.prepare(item.id, item.messages)
-        if prepared is None:
-            skipped["conversation without an assistant turn to index"] += 1
-        else:
-            yield prepared
+        assert isinstance(item, dataset.Conversation)
+        stats.assistant_openers += item.messages[0][0] == "assistant"
+        yield prepared
     stats.skipped = dict(skipped)
+
+
+def _prepared(item: dataset.Conversation | dataset.Skip) -> records.Prepared | str:
+    """A conversation ready to tokenize, or why it is skipped."""
+    if isinstance(item, dataset.Skip):
+        return item.reason
+    try:
+        prepared = records.prepare(item.id, item.messages)
+    except canonical.TooDeep:
+        return f"tool call arguments nested more than {canonical.MAX_DEPTH} levels deep"
+    return "conversation without an assistant turn to index" if prepared is None else prepared
 
 
 def _measure(
@@ -201,6 +217,7 @@ def _meta(sources: Sequence[str | os.PathLike[str]], stats: Stats) -> Meta:
         encoding=tokens.ENCODING,
         sources=[os.path.basename(os.fsdecode(source)) for source in sources],
         built_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        stats={"conversations": stats.conversations, "answers": stats.answers, "keys": stats.keys},
+        stats={"read": stats.read, "indexed": stats.indexed, "answers": stats.answers, "keys": stats.keys},
         skipped=stats.skipped,
+        longest=stats.longest,
     )

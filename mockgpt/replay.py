@@ -56,6 +56,8 @@ class Sent(msgspec.Struct, frozen=True, gc=False):
     items: int | None = None
     # What the messages continue, when they follow a recorded history: "response 'resp_...'".
     after: str | None = None
+    # The field is one message in itself, as a legacy completion's prompt: it has no items to number.
+    single: bool = False
 
 
 _CHAT = Sent()
@@ -70,21 +72,24 @@ class Replayer:
         # Only then are a request's tokens not all in the index: load the tokenizer now, not on a request.
         self._tokenizer = tokens.Tokenizer() if ignore_system else None
 
-    def find(self, messages: Sequence[canonical.Message]) -> Record:
+    def find(self, messages: Sequence[canonical.Message], sent: Sent = _CHAT) -> Record:
         """The record of request messages; ``BadRequest`` for an unknown role, ``ConversationNotFound``
-        saying how far they match if there is no record."""
-        return self.locate(messages)[1]
+        saying how far they match if there is no record, naming the messages as ``sent`` says."""
+        return self.locate(messages, b"", sent)[1]
 
     def locate(self, messages: Sequence[canonical.Message], history: bytes = b"", sent: Sent = _CHAT) -> tuple[int, Record]:
         """The offset and record of request messages that follow ``history``, framed messages of a recorded
-        conversation; errors as ``find``, a miss naming the messages as ``sent`` says."""
+        conversation; errors as ``find``."""
         try:
-            framed = canonical.frame_request(messages, _API_ROLES, self._skip)
+            parts = canonical.frame_parts(messages, _API_ROLES, self._skip)
         except KeyError:
             raise _bad_role(messages) from None
+        except canonical.TooDeep as error:
+            raise _too_deep(messages, sent, error) from None
+        framed = "".join(parts).encode("utf-8", "surrogatepass")
         found = self.index.locate(history + framed if history else framed)
         if found is None:
-            raise self._not_found(messages, history, sent)
+            raise self._not_found(messages, parts, history, sent)
         return found
 
     def choose(self, record: Record, n: int, seed: int | None, unkeyed_tokens: int = 0) -> list[Answer]:
@@ -107,20 +112,19 @@ class Replayer:
         # What these messages add to a prompt: the reply's priming is counted once, already.
         return tokens.prompt_tokens(counts) - tokens.prompt_tokens([])
 
-    def _not_found(self, messages: Sequence[canonical.Message], history: bytes, sent: Sent) -> ConversationNotFound:
+    def _not_found(
+        self, messages: Sequence[canonical.Message], parts: list[str], history: bytes, sent: Sent
+    ) -> ConversationNotFound:
         places = sent.places if sent.places is not None else range(len(messages))
-        # The messages the key holds, with their places in the request.
-        kept = [(places[n], _API_ROLES[m.role], m) for n, m in enumerate(messages) if _API_ROLES[m.role] != self._skip]
-        framed = [
-            canonical.frame_message(role, canonical.normalize(canonical.text_of(m.content)), canonical.calls_of(m))
-            for _, role, m in kept
-        ]
-        matched, answer_next = self._recorded_prefix(history, framed, [role for _, role, _ in kept])
+        # The messages the key holds (``parts`` frames them), with their places in the request.
+        kept = [(places[n], _API_ROLES[m.role]) for n, m in enumerate(messages) if _API_ROLES[m.role] != self._skip]
+        framed = [part.encode("utf-8", "surrogatepass") for part in parts]
+        matched, answer_next = self._recorded_prefix(history, framed, [role for _, role in kept])
         items = len(messages) if sent.items is None else sent.items
         these = f"this {sent.noun}" if items == 1 else f"these {items} {sent.noun}s"
         if sent.after:
             these += f" after {sent.after}"
-        detail = _how_far(sent, [place for place, _, _ in kept], [role for _, role, _ in kept], matched, answer_next, items)
+        detail = _how_far(sent, [place for place, _ in kept], [role for _, role in kept], matched, answer_next, items)
         return ConversationNotFound(f"No recorded conversation continues {these}: {detail}", param=sent.field)
 
     def _recorded_prefix(self, history: bytes, framed: list[bytes], roles: list[str]) -> tuple[int, bool]:
@@ -128,16 +132,16 @@ class Replayer:
         found; and whether an answer was recorded right after them.
 
         The index shows a recorded prefix in two places: a key (the messages before an answer), and a key
-        followed by one of its answers.
+        followed by one of its answers. No recorded conversation is longer than the index's longest, so
+        the search starts there: a request of any length costs at most a pass over that many messages.
         """
-        ends = list(accumulate(map(len, framed), initial=0))
-        whole = history + b"".join(framed)
-        start = len(history)
-        for count in range(len(framed), 0, -1):
-            if self.index.find(whole[: start + ends[count]]) is not None:
+        top = min(len(framed), self.index.meta.longest or len(framed))
+        find = self.index.prefixes(history, framed[:top])
+        for count in range(top, 0, -1):
+            if find(count) is not None:
                 return count, True
             if roles[count - 1] == "assistant" and (count > 1 or history):
-                record = self.index.find(whole[: start + ends[count - 1]])
+                record = find(count - 1)
                 if record is not None and any(
                     framed_answer(answer.text, answer.tool_calls) == framed[count - 1]
                     for answer in map(self.index.answer, record.answers)
@@ -146,9 +150,28 @@ class Replayer:
         return 0, False
 
 
+def _too_deep(messages: Sequence[canonical.Message], sent: Sent, error: canonical.TooDeep) -> BadRequest:
+    """The error of tool call arguments nested too deeply, naming the first such call."""
+    places = sent.places if sent.places is not None else range(len(messages))
+    for number, message in enumerate(messages):
+        for call, (_, _, arguments) in enumerate(canonical.calls_of(message)):
+            try:
+                canonical.arguments(arguments)
+            except canonical.TooDeep:
+                where = f"{sent.field}[{places[number]}]"
+                param = f"{where}.tool_calls[{call}].function.arguments" if sent.field == "messages" else where
+                words = f"Invalid value for '{param}': {error}; mockgpt keys tool calls by their arguments' canonical JSON."
+                return BadRequest(words, param=param)
+    return BadRequest(f"Invalid tool call arguments: {error}.")
+
+
 def _how_far(sent: Sent, places: list[int | None], roles: list[str], matched: int, answer_next: bool, items: int) -> str:
     """How far the messages at ``places`` (in ``sent.field``) match a recorded conversation, in words."""
     field = sent.field
+    if sent.single:
+        if not matched:
+            return f"{field} already differs from every recorded conversation."
+        return f"{field} matches a recorded conversation's first message, but it has no assistant answer after it."
     if not matched:
         place = places[0] if places else 0
         return f"{'instructions' if place is None else f'{field}[{place}]'} already differs from every recorded conversation."

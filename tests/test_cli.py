@@ -43,8 +43,8 @@ def test_index_writes_beside_the_source_by_default(tmp_path: Path) -> None:
     source = write_sharegpt(tmp_path / "chats.json", GOOD)
     result = run(str(source))
     assert result.returncode == 0, result.stderr
-    assert "2 conversations read, 3 assistant turns indexed" in result.stdout
-    assert "2 distinct keys, 1 with several answers" in result.stdout
+    assert "2 conversations read: 2 indexed, 0 skipped\n  3 answers (assistant turns) under 2 keys," in result.stdout
+    assert "under 2 keys, 1 of them with several answers" in result.stdout
     with Index(tmp_path / "chats.mgpt") as index:
         assert [a.text for a in index.lookup([("user", "hi")])] == ["Hello! How can I help?", "Hi there."]
 
@@ -112,16 +112,16 @@ def test_malformed_conversations_are_skipped_and_counted(tmp_path: Path) -> None
     )
     code, output = invoke("index", str(source))
     assert code == 0, output
-    assert "8 conversations read, 4 assistant turns indexed" in output
+    assert "8 conversations read: 3 indexed, 5 skipped\n  4 answers (assistant turns)" in output
     for reason in [
         "1 no conversations list",
         "1 turn without from/value",
         "1 non-string from/value",
         "1 unknown role",
-        "1 assistant turn with no message before it",
         "1 conversation without an assistant turn to index",
     ]:
         assert f"skipped: {reason}" in output
+    assert "not indexed: the opening assistant turn of 1 conversations" in output
     assert "first skipped conversations: no-list, no-value, number, alien" in output
 
 
@@ -271,7 +271,7 @@ def long_work(command: str, source: Path, tmp_path: Path) -> tuple[list[str], Pa
     return [command, str(source), "-o", str(output)], output
 
 
-LONG_WORK = [("index", "indexing", "assistant turns indexed"), ("export-requests", "exporting", "requests")]
+LONG_WORK = [("index", "indexing", "answers (assistant turns)"), ("export-requests", "exporting", "requests")]
 
 
 @pytest.mark.parametrize(("command", "label", "summary"), LONG_WORK)

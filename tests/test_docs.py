@@ -10,12 +10,12 @@ import pytest
 
 from mockgpt.testing import MockServer
 
-from .test_server import index  # noqa: F401  (the module's index fixture)
+from .test_server import CONVERSATIONS  # noqa: F401  (the module's conversations, which conftest indexes)
 
 
 @pytest.fixture(scope="module")
-def http(index) -> Iterator[httpx.Client]:  # type: ignore[no-untyped-def]  # noqa: F811
-    with MockServer(index) as server, httpx.Client(base_url=server.url) as client:
+def http(server: MockServer) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=server.url) as client:
         yield client
 
 

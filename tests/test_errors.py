@@ -11,7 +11,7 @@ import pytest
 
 from mockgpt.testing import MockServer
 
-from .test_server import CONVERSATIONS, index  # noqa: F401  (the module's index fixture)
+from .test_server import CONVERSATIONS  # noqa: F401  (the module's conversations, which conftest indexes)
 
 LIMIT = 64 * 1024
 GOOD = {"model": "gpt-4o", "messages": [{"role": "user", "content": "Hello!"}]}
@@ -58,7 +58,7 @@ CASES = [
     ("wrong key", "POST", "/v1/chat/completions", json.dumps(GOOD), {"authorization": "Bearer sk-nope"}, 401, None, "invalid_api_key"),
     ("wrong key on models", "GET", "/v1/models", None, {"authorization": "Bearer sk-nope"}, 401, None, "invalid_api_key"),
     ("miss", "POST", "/v1/chat/completions", json.dumps({**GOOD, "messages": [{"role": "user", "content": "Bye!"}]}), {}, 404, "messages", "conversation_not_found"),
-    ("legacy miss", "POST", "/v1/completions", json.dumps({"model": "m", "prompt": "Bye!"}), {}, 404, "messages", "conversation_not_found"),
+    ("legacy miss", "POST", "/v1/completions", json.dumps({"model": "m", "prompt": "Bye!"}), {}, 404, "prompt", "conversation_not_found"),
     ("unknown route", "GET", "/v1/nothing", None, {}, 404, None, None),
     ("unknown route without v1", "POST", "/embeddings", b"{}", {}, 404, None, None),
     ("wrong method", "GET", "/v1/chat/completions", None, {}, 405, None, None),

@@ -7,6 +7,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
+# The official client's behaviour: CI runs these against the oldest supported openai release too.
+pytestmark = pytest.mark.sdk
+
 EXAMPLE = '''
 import openai
 import pytest

@@ -15,13 +15,15 @@ import openai
 import pytest
 
 from mockgpt import render_responses, replay
-from mockgpt.indexer import build
 from mockgpt.records import Answer, StoredCall
 from mockgpt.responses import CreateResponse
 from mockgpt.testing import MockServer, index_conversations
 
 from .spec import sse_events, validate
 from .test_tools import ASK, CALLS, ENCODING, FINAL, LOOP, MIXED, RESULTS, TOOLS
+
+# The official client's behaviour: CI runs these against the oldest supported openai release too.
+pytestmark = pytest.mark.sdk
 
 HELLO = "Hi! How can I help?"
 STORY = (
@@ -50,15 +52,6 @@ CONVERSATIONS = [
 ]
 FUNCTION_TOOLS = [{"type": "function", "name": "get_weather", "parameters": TOOLS[0]["function"]["parameters"]}]
 ID = re.compile(r"resp_[0-9a-f]{50}")
-
-
-@pytest.fixture(scope="module")
-def index(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    directory = tmp_path_factory.mktemp("responses")
-    source = directory / "chats.jsonl"
-    source.write_text("".join(json.dumps({"messages": messages}) + "\n" for messages in CONVERSATIONS))
-    build([source], directory / "chats.mgpt")
-    return directory / "chats.mgpt"
 
 
 def user(text: str) -> dict[str, str]:

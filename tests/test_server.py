@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -19,6 +21,9 @@ from mockgpt.testing import MockServer, index_conversations
 
 from .conftest import sharegpt, write_sharegpt
 
+# The official client's behaviour: CI runs these against the oldest supported openai release too.
+pytestmark = pytest.mark.sdk
+
 HELLOS = ["Hi! How can I help?", "Hello there. What's on your mind?", "Hey! 👋 Ask me anything."]
 CODE = "Here you go:\n\n```python\ndef add(a, b):\n    return a + b\n```\n\nCall `add(2, 3)` to get 5. Ça marche très bien — 日本語も大丈夫です。"
 CONVERSATIONS = [
@@ -26,13 +31,6 @@ CONVERSATIONS = [
     sharegpt("code", ("human", "Write an add function in Python."), ("gpt", CODE), ("human", "Thanks!"), ("gpt", "You're welcome.")),
     sharegpt("sys", ("system", "Be terse."), ("human", "2+2?"), ("gpt", "4.")),
 ]
-
-
-@pytest.fixture(scope="module")
-def index(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    directory = tmp_path_factory.mktemp("server")
-    build([write_sharegpt(directory / "chats.json", CONVERSATIONS)], directory / "chats.mgpt")
-    return directory / "chats.mgpt"
 
 
 def user(text: str) -> list[dict[str, str]]:
@@ -256,6 +254,22 @@ def test_legacy_prompt_tokens_are_the_prompts_own(client: openai.OpenAI) -> None
     assert chunks[-1].choices == [] and chunks[-1].usage is not None and chunks[-1].usage.prompt_tokens == expected[0]
 
 
+@pytest.mark.parametrize(
+    ("prompt", "param", "explanation"),
+    [
+        ("Bonjour", "prompt", "this prompt: prompt already differs from every recorded conversation."),
+        (["Hello!", "Bonjour"], "prompt[1]", "this prompt: prompt[1] already differs from every recorded conversation."),
+        ("Be terse.", "prompt", "this prompt: prompt already differs from every recorded conversation."),
+    ],
+)
+def test_a_legacy_miss_speaks_of_the_prompt(client: openai.OpenAI, prompt: str | list[str], param: str, explanation: str) -> None:
+    with pytest.raises(openai.NotFoundError) as caught:
+        client.completions.create(model="gpt-3.5-turbo-instruct", prompt=prompt)
+    error = caught.value.body
+    assert isinstance(error, dict) and error["code"] == "conversation_not_found" and error["param"] == param
+    assert error["message"] == "No recorded conversation continues " + explanation
+
+
 @pytest.mark.parametrize("path", ["/chat/completions", "/completions"])
 def test_stream_chunks_carry_usage_only_when_asked(server: MockServer, path: str) -> None:
     body = {"model": "gpt-4o", "stream": True, **({"messages": user("Hello!")} if path == "/chat/completions" else {"prompt": "Hello!"})}
@@ -411,5 +425,30 @@ def test_routes_without_v1(server: MockServer) -> None:
 
 def test_health(server: MockServer, index: Path) -> None:
     health = httpx.get(f"{server.url}/health").json()
-    assert health["index"] == str(index) and health["answers"] == 6
+    assert health["index"] == str(index) and health["answers"] == 6 and health["keys"] == 4
+    assert health["conversations"] == {"read": 5, "indexed": 5, "skipped": 0}
     assert health["format_version"] == FORMAT_VERSION
+
+
+def test_health_counts_conversations_as_the_indexer_does(tmp_path: Path) -> None:
+    mixed = [*CONVERSATIONS, {"id": "no-list"}, sharegpt("lonely", ("human", "anyone?")), sharegpt("lead", ("gpt", "Hi."))]
+    source = write_sharegpt(tmp_path / "mixed.json", mixed)
+    said = subprocess.run(
+        [sys.executable, "-m", "mockgpt", "index", str(source)], capture_output=True, text=True, check=True
+    ).stdout
+    with MockServer(tmp_path / "mixed.mgpt") as server:
+        health = httpx.get(f"{server.url}/health").json()
+    counts = health["conversations"]
+    assert counts == {"read": 8, "indexed": 5, "skipped": 3}
+    assert f"{counts['read']} conversations read: {counts['indexed']} indexed, {counts['skipped']} skipped" in said
+    assert f"{health['answers']} answers (assistant turns) under {health['keys']} keys" in said
+
+
+@pytest.mark.parametrize("path", ["/health", "/v1/models", "/v1/models/gpt-4o", "/docs", "/docs/openapi.json"])
+def test_head_answers_wherever_get_does(server: MockServer, path: str) -> None:
+    got = httpx.get(f"{server.url}{path}")
+    head = httpx.head(f"{server.url}{path}")
+    assert got.status_code == head.status_code == 200
+    assert head.content == b""
+    assert head.headers["content-type"] == got.headers["content-type"]
+    assert head.headers["content-length"] == got.headers["content-length"]

@@ -1,7 +1,7 @@
 """Recording what the index lacks: chat completions it cannot answer, asked of a real endpoint.
 
 ``create_app`` puts ``Recorder`` in front of the Litestar app when ``--upstream`` is set, so that the
-layers before it (``FastChat``, ``Traffic``) hand it the requests they do not answer, as they would hand
+layers before it (``FastPath``, ``Traffic``) hand it the requests they do not answer, as they would hand
 them to Litestar. A ``POST /v1/chat/completions`` that the index misses is sent to
 ``{upstream}/chat/completions`` with the client's body unchanged and the upstream's key; the answer goes
 back to the client as it arrives (a stream frame by frame), with the upstream's status. A successful
@@ -159,14 +159,18 @@ class Stream:
     """The answers of a chat completion stream, fed its bytes as they come (server-sent events)."""
 
     def __init__(self) -> None:
-        self._buffer = b""
-        self._data: list[bytes] = []
+        self._buffer = bytearray()
+        self._data: list[bytes | bytearray] = []
         self._drafts: dict[int, _Draft] = {}
         self.failed = False
 
     def feed(self, data: bytes) -> None:
         self._buffer += data
-        *lines, self._buffer = self._buffer.split(b"\n")
+        # Split only when a line ends, so that a line that comes in many pieces is not split again and again.
+        if b"\n" not in data:
+            return
+        *lines, rest = self._buffer.split(b"\n")
+        self._buffer = bytearray(rest)
         for line in lines:
             line = line.removesuffix(b"\r")
             if line.startswith(b"data:"):

@@ -22,10 +22,13 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from mockgpt.cli import main
 from mockgpt.indexer import build
-from mockgpt.record import Stream
+from mockgpt.upstream import Stream
 from mockgpt.testing import MockServer
 
 from .conftest import sharegpt, write_sharegpt
+
+# The official client's behaviour: CI runs these against the oldest supported openai release too.
+pytestmark = pytest.mark.sdk
 
 SECRET = "sk-upstream-secret-5d41402abc4b2a76"
 CODE = "```c\n#include <stdio.h>\nint main(void) { puts(\"hello, world\"); }\n```\nÇa compile — 日本語も。"
