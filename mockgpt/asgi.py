@@ -17,8 +17,8 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 JSON_TYPE = (b"content-type", b"application/json")
 
-# The most bytes of request headers, names and values, that mockgpt reads: it keeps some of them (fault
-# keys, API keys) for a while.
+# The most bytes of request headers, names and values, that a request may carry where mockgpt reads more
+# of them than a hit needs (a 431 past it).
 MAX_HEADERS = 64 << 10
 
 # The most frames a stream sends in a row before the other requests get their turn (writing rarely waits).
@@ -59,15 +59,16 @@ def replayed(body: bytes, receive: Receive, more: bool = False) -> Receive:
 
 def admissible(scope: Scope, authorization: bytes | None, max_body: int) -> tuple[bool, bool]:
     """Whether a request can be answered without the app's checks (``authorization`` matches, if required,
-    its headers come to at most ``MAX_HEADERS`` bytes, and a declared body length is within ``max_body``: a
-    body of unknown length is checked as it is read); and whether it asks for faults or timing of its own
-    with an ``x-mockgpt-`` header."""
+    and a declared body length is within ``max_body``: a body of unknown length is checked as it is read);
+    and whether it asks for faults or timing of its own with an ``x-mockgpt-`` header.
+
+    The size of the headers is not looked at here, on the path of every hit: the layers that keep or
+    report something of them check it with ``header_bytes``.
+    """
     length = 0
-    size = 0
     authorized = authorization is None
     asked = False
     for name, value in scope["headers"]:
-        size += len(name) + len(value)
         if name == b"content-length":
             # More digits than any length has would only cost int() its time.
             length = int(value) if value.isdigit() and len(value) < 19 else max_body + 1
@@ -75,7 +76,7 @@ def admissible(scope: Scope, authorization: bytes | None, max_body: int) -> tupl
             authorized = authorized or value == authorization
         elif name.startswith(b"x-mockgpt-"):
             asked = True
-    return authorized and length <= max_body and size <= MAX_HEADERS, asked
+    return authorized and length <= max_body, asked
 
 
 def header_bytes(scope: Scope) -> int:

@@ -156,28 +156,39 @@ _JOINER = "\u034f"
 
 
 def _stream_safe(text: str) -> str:
-    """``text`` with a combining grapheme joiner after every 30 characters of each run of non-starters."""
-    return _long_runs().sub(_joined, text)
+    """``text`` with a combining grapheme joiner after every 30 non-starters in a row."""
+    return _runs()[0].sub(_joined, text)
 
 
 def _joined(run: re.Match[str]) -> str:
-    marks = run[0]
-    return _JOINER.join(marks[start : start + _SAFE_RUN] for start in range(0, len(marks), _SAFE_RUN))
+    non_starters = _runs()[1]
+    pieces = []
+    count = 0
+    for char in run[0]:
+        count = count + 1 if char in non_starters else 0
+        if count > _SAFE_RUN:
+            pieces.append(_JOINER)
+            count = 1
+        pieces.append(char)
+    return "".join(pieces)
 
 
 @functools.cache
-def _long_runs() -> re.Pattern[str]:
-    """Runs of more than 30 non-starters: characters of a combining class other than 0, or whose canonical
-    decomposition starts with one. Made on first use: it takes a look at every character that can be one."""
-    starts = [code for code in range(0x300, 0x20000) if _non_starter(chr(code))]
+def _runs() -> tuple[re.Pattern[str], frozenset[str]]:
+    """The non-starters: characters of a combining class other than 0, or whose canonical decomposition
+    starts with one; and a pattern for the runs of more than 30 characters that may hold that many of them
+    in a row (every character outside the Basic Multilingual Plane may: a class that names only BMP
+    characters is matched much faster). Made on first use: it takes a look at every character that can be
+    a non-starter."""
+    non_starters = frozenset(chr(code) for code in range(0x300, 0x20000) if _non_starter(chr(code)))
     ranges: list[list[int]] = []
-    for code in starts:
+    for code in sorted(ord(char) for char in non_starters if char < "\U00010000"):
         if ranges and ranges[-1][1] == code - 1:
             ranges[-1][1] = code
         else:
             ranges.append([code, code])
-    members = "".join(f"\\U{low:08x}-\\U{high:08x}" for low, high in ranges)
-    return re.compile(f"[{members}]{{{_SAFE_RUN + 1},}}")
+    members = "".join(f"\\u{low:04x}-\\u{high:04x}" for low, high in ranges)
+    return re.compile(f"[{members}\\U00010000-\\U0010ffff]{{{_SAFE_RUN + 1},}}"), non_starters
 
 
 def _non_starter(char: str) -> bool:
@@ -251,8 +262,9 @@ def frame(messages: Iterable[tuple[str, str] | tuple[str, str, Sequence[Call]]])
 
 
 def frame_parts(messages: Iterable[Message], roles: Mapping[str, str] = ROLES, skip: str | None = None) -> list[str]:
-    """The framing of each request message, its role named as in ``roles``, leaving out role ``skip``:
-    ``frame_request`` before it joins and encodes them.
+    """The framing of request messages, their roles named as in ``roles``, leaving out role ``skip``, as
+    text in two pieces a message: its head (role letter, length, colon), then its text and tool calls.
+    ``frame_request`` joins and encodes them; the pieces keep the messages apart for a miss's explanation.
 
     Raises ``KeyError`` for a role ``roles`` does not name, ``TooDeep`` as ``arguments``.
     """
@@ -269,10 +281,8 @@ def frame_parts(messages: Iterable[Message], roles: Mapping[str, str] = ROLES, s
         if "\r" in text:
             text = text.replace("\r\n", "\n")
         text = text.strip()
-        if message.tool_calls or message.function_call:
-            parts.append(f"{_ROLE_CHAR[role]}{len(text)}:{text}{_frame_calls(calls_of(message))}")
-        else:
-            parts.append(f"{_ROLE_CHAR[role]}{len(text)}:{text}")
+        parts.append(f"{_ROLE_CHAR[role]}{len(text)}:")
+        parts.append(text + _frame_calls(calls_of(message)) if message.tool_calls or message.function_call else text)
     return parts
 
 

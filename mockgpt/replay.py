@@ -116,9 +116,9 @@ class Replayer:
         self, messages: Sequence[canonical.Message], parts: list[str], history: bytes, sent: Sent
     ) -> ConversationNotFound:
         places = sent.places if sent.places is not None else range(len(messages))
-        # The messages the key holds (``parts`` frames them), with their places in the request.
+        # The messages the key holds (``parts`` frames them, two pieces each), with their places in the request.
         kept = [(places[n], _API_ROLES[m.role]) for n, m in enumerate(messages) if _API_ROLES[m.role] != self._skip]
-        framed = [part.encode("utf-8", "surrogatepass") for part in parts]
+        framed = [(parts[head] + parts[head + 1]).encode("utf-8", "surrogatepass") for head in range(0, len(parts), 2)]
         matched, answer_next = self._recorded_prefix(history, framed, [role for _, role in kept])
         items = len(messages) if sent.items is None else sent.items
         these = f"this {sent.noun}" if items == 1 else f"these {items} {sent.noun}s"

@@ -29,7 +29,8 @@ from xxhash import xxh3_128_hexdigest
 
 from mockgpt import faults, render
 from mockgpt.asgi import (
-    IN_A_ROW, JSON_TYPE, ASGIApp, Receive, Scope, Send, admissible, read_body, replayed, send_whole, without_body,
+    IN_A_ROW, JSON_TYPE, MAX_HEADERS, ASGIApp, Receive, Scope, Send, admissible, header_bytes, read_body, replayed,
+    send_whole, without_body,
 )
 from mockgpt.errors import APIError, BadRequest
 from mockgpt.faults import Fault
@@ -104,7 +105,11 @@ class Traffic:
             self._observe(route or _label(scope["path"]), watch)
 
     async def _route(self, route: str | None, scope: Scope, receive: Receive, send: Send) -> None:
-        if route is not None and admissible(scope, self._authorization, self.service.settings.max_body)[0]:
+        # Headers past the bound go to the app, which refuses them, before any of them is kept or counted.
+        if (
+            route is not None and admissible(scope, self._authorization, self.service.settings.max_body)[0]
+            and header_bytes(scope) <= MAX_HEADERS
+        ):
             try:
                 await self._answer(route, scope, receive, send)
             except SharedStateError as error:

