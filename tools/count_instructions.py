@@ -30,11 +30,12 @@ from mockgpt.export import turns
 # Run under valgrind, from the checkout being counted: answers HITS bodies, after 200 to warm up.
 HITS = '''
 import asyncio, sys
-from mockgpt.service import Settings
 try:
-    from mockgpt.app import create_app
-except ImportError:
     from mockgpt.serve.app import create_app
+    from mockgpt.serve.service import Settings
+except ImportError:  # a checkout from before the package had its wings
+    from mockgpt.app import create_app
+    from mockgpt.service import Settings
 index, bodies, hits = sys.argv[1], open(sys.argv[2], "rb").read().split(b"\\n")[:-1], int(sys.argv[3])
 app = create_app(Settings(index=index))
 HEADERS = [(b"host", b"127.0.0.1:8000"), (b"content-type", b"application/json")]
