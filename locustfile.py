@@ -29,7 +29,7 @@ from typing import Any
 
 from locust import HttpUser, between, events, task
 
-from mockgpt.export import export
+from mockgpt.testing.export import export
 
 MISS_RATE = float(os.environ.get("MOCKGPT_MISS_RATE", "0"))
 HEADERS = {"content-type": "application/json", "authorization": f"Bearer {os.environ.get('MOCKGPT_API_KEY', 'mockgpt')}"}

@@ -12,8 +12,8 @@ from typing import Any
 import click
 import msgspec
 
-from mockgpt import canonical
 from mockgpt.errors import DatasetError, MockGPTError
+from mockgpt.index import canonical
 
 __all__ = ["main"]
 
@@ -63,7 +63,7 @@ def default_output(source: str) -> str:
 @click.option("-q", "--quiet", is_flag=True, help="No progress and no summary.")
 def index(sources: tuple[str, ...], output: str | None, format: str | None, partial: bool, jobs: int | None, quiet: bool) -> None:
     """Index the conversations of SOURCE... into one index file."""
-    from mockgpt.indexer import build
+    from mockgpt.index.build import build
 
     output = output or default_output(sources[0])
     with _progress(_size(sources), "indexing", quiet=quiet) as on_progress:
@@ -123,7 +123,7 @@ def lookup(index_path: str, request: Any) -> None:
 
     Prints the canonical messages, the key, and the recorded answers; exits 1 on a miss.
     """
-    from mockgpt.reader import Index
+    from mockgpt.index.reader import Index
 
     body = request.read()
     try:
@@ -194,8 +194,8 @@ def serve(
     overload_status: str, fault_status: str, **options: Any,
 ) -> None:
     """Serve the OpenAI API from an index."""
-    from mockgpt.reader import Index
-    from mockgpt.server import serve as run
+    from mockgpt.index.reader import Index
+    from mockgpt.serve.server import serve as run
 
     def ready(base_url: str, index: Index) -> None:
         click.echo(f"mockgpt: serving {index.path} ({index.header.answers:,} answers) on {base_url}")
@@ -249,7 +249,7 @@ def export_requests(
     sources: tuple[str, ...], output: str, count: int | None, seed: int, format: str, walk: bool, model: str, quiet: bool
 ) -> None:
     """Write requests that hit an index built from SOURCE..., for load tools."""
-    from mockgpt.export import export
+    from mockgpt.testing.export import export
 
     with _progress(_size(sources), "exporting", quiet=quiet) as on_progress:
         try:

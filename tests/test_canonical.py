@@ -6,9 +6,10 @@ import unicodedata
 
 import pytest
 
-from mockgpt import Index, canonical
-from mockgpt.canonical import Message, TextPart
-from mockgpt.indexer import build
+from mockgpt import Index
+from mockgpt.index import canonical
+from mockgpt.index.build import build
+from mockgpt.index.canonical import Message, TextPart
 
 from .conftest import sharegpt, write_sharegpt
 

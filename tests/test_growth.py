@@ -15,7 +15,7 @@ from typing import Any
 import httpx
 import pytest
 
-from mockgpt.upstream import Stream
+from mockgpt.serve.upstream import Stream
 from mockgpt.testing import MockServer
 
 from .conftest import sharegpt

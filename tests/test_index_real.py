@@ -11,7 +11,7 @@ import pytest
 from bpe_openai import get_encoding
 
 from mockgpt import Index
-from mockgpt.canonical import ROLES
+from mockgpt.index.canonical import ROLES
 
 
 def complete_conversations(path: Path) -> Iterator[dict[str, Any]]:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from mockgpt.server import demo_index
+from mockgpt.serve.server import demo_index
 from mockgpt.testing import MockServer
 
 ROOT = Path(__file__).resolve().parent.parent

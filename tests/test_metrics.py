@@ -16,7 +16,7 @@ import pytest
 # its values in memory whatever a test sets later: the multiprocess files are written by child processes.
 from prometheus_client.parser import text_string_to_metric_families
 
-from mockgpt import metrics
+from mockgpt.serve import metrics
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
@@ -43,7 +43,7 @@ PLANS: list[dict[str, Any]] = [
 
 WORKER = """
 import json, os, sys
-from mockgpt.metrics import Metrics
+from mockgpt.serve.metrics import Metrics
 
 plan = json.loads(sys.argv[1])
 m = Metrics()
@@ -66,7 +66,7 @@ sys.stdin.read()
 
 SCRAPE = """
 import json
-from mockgpt.metrics import Metrics
+from mockgpt.serve.metrics import Metrics
 
 body, content_type = Metrics().render()
 print(json.dumps({"body": body.decode(), "content_type": content_type}))
@@ -180,6 +180,6 @@ def test_metrics_refuse_a_prometheus_client_imported_too_early(directory: Path) 
 
 
 def test_importing_the_module_does_not_import_prometheus_client() -> None:
-    code = "import sys, mockgpt.metrics; print('prometheus_client' in sys.modules)"
+    code = "import sys, mockgpt.serve.metrics; print('prometheus_client' in sys.modules)"
     run = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True)
     assert run.stdout.strip() == "False"

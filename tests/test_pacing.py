@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from mockgpt.pacing import Pace, Pacer, Timing
+from mockgpt.serve.pacing import Pace, Pacer, Timing
 
 FRAMES = [b"frame %d" % number for number in range(10)]
 

@@ -97,7 +97,7 @@ def test_a_miss_is_a_404_unless_recording(mockgpt_client):
 
 
 def test_plugin_records_then_replays(tmp_path: Path) -> None:
-    from mockgpt.indexer import build
+    from mockgpt.index.build import build
     from mockgpt.testing import MockServer
 
     from .conftest import sharegpt, write_sharegpt

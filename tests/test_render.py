@@ -6,8 +6,10 @@ from collections.abc import Iterator
 
 import pytest
 
-from mockgpt import Index, render, replay
-from mockgpt.indexer import build
+from mockgpt import Index
+from mockgpt.api import chat_render
+from mockgpt.index import replay
+from mockgpt.index.build import build
 
 from .conftest import sharegpt, write_sharegpt
 
@@ -31,9 +33,9 @@ def test_one_text_choice_streams_as_the_general_path_would(
 ) -> None:
     (answer,) = index.lookup([("user", f"q{number}")])
     cut = replay.cut(answer, max_tokens, None)
-    fast = list(render.chat_chunks("chatcmpl-1", 1, "gpt-4o", "fp_0", [cut], include_usage))
+    fast = list(chat_render.chat_chunks("chatcmpl-1", 1, "gpt-4o", "fp_0", [cut], include_usage))
     # The general path, for a choice with a tool call that is not there.
     monkeypatch.setattr(replay.Cut, "calls", property(lambda self: [None]))
-    monkeypatch.setattr(render, "_deltas", lambda cut: (render.Delta(content=piece) for piece in replay.pieces(cut)))
-    general = list(render.chat_chunks("chatcmpl-1", 1, "gpt-4o", "fp_0", [cut], include_usage))
+    monkeypatch.setattr(chat_render, "_deltas", lambda cut: (chat_render.Delta(content=piece) for piece in replay.pieces(cut)))
+    general = list(chat_render.chat_chunks("chatcmpl-1", 1, "gpt-4o", "fp_0", [cut], include_usage))
     assert fast == general and len(fast) == max(1, len(list(replay.pieces(cut))))

@@ -14,9 +14,9 @@ from types import ModuleType
 
 import pytest
 
-from mockgpt.export import turns
-from mockgpt.server import demo_index
+from mockgpt.serve.server import demo_index
 from mockgpt.testing import MockServer
+from mockgpt.testing.export import turns
 
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = ROOT / "tools" / "replay.py"

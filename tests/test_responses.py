@@ -14,9 +14,10 @@ import msgspec
 import openai
 import pytest
 
-from mockgpt import render_responses, replay
-from mockgpt.records import Answer, StoredCall
-from mockgpt.responses import CreateResponse
+from mockgpt.api import responses_render
+from mockgpt.api.responses import CreateResponse
+from mockgpt.index import replay
+from mockgpt.index.records import Answer, StoredCall
 from mockgpt.testing import MockServer, index_conversations
 
 from .spec import sse_events, validate
@@ -284,8 +285,8 @@ def test_the_template_is_the_response_object() -> None:
         for body in [{"input": "x"}, {"input": "x", "instructions": "Be \"nice\".", "previous_response_id": "resp_1"}]:
             request = msgspec.json.decode(json.dumps({"model": "gpt-\"4\"", **body}), type=CreateResponse)
             id = "resp_" + "ab" * 25
-            assert render_responses.response_body(id, 1_700_000_000, cut, request) == msgspec.json.encode(
-                render_responses.response(id, 1_700_000_000, cut, request)
+            assert responses_render.response_body(id, 1_700_000_000, cut, request) == msgspec.json.encode(
+                responses_render.response(id, 1_700_000_000, cut, request)
             )
 
 

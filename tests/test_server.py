@@ -15,8 +15,8 @@ import openai
 import pytest
 from bpe_openai import get_encoding
 
-from mockgpt.fileformat import FORMAT_VERSION
-from mockgpt.indexer import build
+from mockgpt.index.build import build
+from mockgpt.index.fileformat import FORMAT_VERSION
 from mockgpt.testing import MockServer, index_conversations
 
 from .conftest import sharegpt, write_sharegpt

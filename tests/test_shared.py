@@ -18,7 +18,8 @@ from typing import Any
 import pytest
 
 from mockgpt.errors import MockGPTError
-from mockgpt.shared import Coordinator, Limits, Local, Remote, SharedStateError, State, Verdict
+from mockgpt.serve.coordinator import Coordinator, Remote
+from mockgpt.serve.state import Limits, Local, SharedStateError, State, Verdict
 
 ROOT = Path(__file__).parent.parent
 
@@ -490,7 +491,7 @@ async def test_garbage_closes_that_connection_only(tmp_path: Path) -> None:
 
 CHILD = """
 import asyncio, os, sys
-from mockgpt.shared import Remote
+from mockgpt.serve.coordinator import Remote
 
 async def main(path, action):
     remote = Remote(path)

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from mockgpt import Index
-from mockgpt.canonical import normalize
+from mockgpt.index.canonical import normalize
 
 SCRIPT = Path(__file__).resolve().parent.parent / "tools" / "synth_sharegpt.py"
 SIZE = 2_000_000

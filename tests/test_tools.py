@@ -14,8 +14,9 @@ import pytest
 from bpe_openai import get_encoding
 from xxhash import xxh3_128_digest
 
-from mockgpt import Index, canonical
-from mockgpt.indexer import build
+from mockgpt import Index
+from mockgpt.index import canonical
+from mockgpt.index.build import build
 from mockgpt.testing import MockServer
 
 from .conftest import sharegpt, write_sharegpt

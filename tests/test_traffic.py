@@ -20,7 +20,7 @@ import openai
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from mockgpt.indexer import build
+from mockgpt.index.build import build
 from mockgpt.testing import MockServer
 
 from .conftest import BROKEN_OFF, TIMED_OUT, sharegpt, write_sharegpt

@@ -21,8 +21,8 @@ from click.testing import CliRunner
 from prometheus_client.parser import text_string_to_metric_families
 
 from mockgpt.cli import main
-from mockgpt.indexer import build
-from mockgpt.upstream import Stream
+from mockgpt.index.build import build
+from mockgpt.serve.upstream import Stream
 from mockgpt.testing import MockServer
 
 from .conftest import sharegpt, write_sharegpt

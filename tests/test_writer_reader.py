@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 
 from mockgpt import Index, IndexFormatError
-from mockgpt.fileformat import HEADER
-from mockgpt.indexer import build
+from mockgpt.index.build import build
+from mockgpt.index.fileformat import HEADER
 
 from .conftest import sharegpt, write_sharegpt
 

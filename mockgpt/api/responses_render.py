@@ -16,9 +16,9 @@ from typing import Any, Literal
 import msgspec
 from msgspec import UNSET, Struct, UnsetType
 
-from mockgpt import replay
-from mockgpt.records import StoredCall
-from mockgpt.responses import CreateResponse, FunctionTool, Reasoning, TextConfig, ToolChoice
+from mockgpt.api.responses import CreateResponse, FunctionTool, Reasoning, TextConfig, ToolChoice
+from mockgpt.index import replay
+from mockgpt.index.records import StoredCall
 
 __all__ = ["FunctionCallItem", "OutputMessage", "OutputText", "Response", "ResponseUsage", "events", "response", "response_body"]
 

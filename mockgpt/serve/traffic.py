@@ -27,19 +27,31 @@ from typing import Any, NamedTuple
 import msgspec
 from xxhash import xxh3_128_hexdigest
 
-from mockgpt import faults, render
-from mockgpt.asgi import (
-    IN_A_ROW, JSON_TYPE, MAX_HEADERS, ASGIApp, Receive, Scope, Send, admissible, header_bytes, read_body, replayed,
-    send_whole, without_body,
-)
+from mockgpt.api import chat_render
+from mockgpt.api.chat import ChatCompletionRequest, CompletionRequest
+from mockgpt.api.responses import CreateResponse
 from mockgpt.errors import APIError, BadRequest
-from mockgpt.faults import Fault
-from mockgpt.metrics import Metrics
-from mockgpt.pacing import Pace, Pacer
-from mockgpt.responses import CreateResponse
-from mockgpt.schema import ChatCompletionRequest, CompletionRequest
-from mockgpt.service import Reply, Service, random_id
-from mockgpt.shared import SharedStateError, State, Verdict
+from mockgpt.serve import faults
+from mockgpt.serve.asgi import (
+    IN_A_ROW,
+    JSON_TYPE,
+    MAX_HEADERS,
+    ASGIApp,
+    Receive,
+    Scope,
+    Send,
+    admissible,
+    header_bytes,
+    read_body,
+    replayed,
+    send_whole,
+    without_body,
+)
+from mockgpt.serve.faults import Fault
+from mockgpt.serve.metrics import Metrics
+from mockgpt.serve.pacing import Pace, Pacer
+from mockgpt.serve.service import Reply, Service, random_id
+from mockgpt.serve.state import SharedStateError, State, Verdict
 
 __all__ = ["Traffic"]
 
@@ -115,7 +127,7 @@ class Traffic:
             except SharedStateError as error:
                 # Before any response: the coordinator went away, as it does when the server stops.
                 logger.error("%s", error)
-                await _send_error(send, 500, render.error_body(str(error), "server_error"))
+                await _send_error(send, 500, chat_render.error_body(str(error), "server_error"))
         elif self.metrics is not None and scope["path"] == "/metrics":
             await self._metrics(scope["method"], send)
         else:
@@ -125,7 +137,7 @@ class Traffic:
         assert self.metrics is not None
         if method not in ("GET", "HEAD"):
             message = f"Invalid method for URL ({method} /metrics)"
-            await _send_error(send, 405, render.error_body(message, "invalid_request_error"), [(b"allow", b"GET, HEAD")])
+            await _send_error(send, 405, chat_render.error_body(message, "invalid_request_error"), [(b"allow", b"GET, HEAD")])
             return
         body, content_type = self.metrics.render()
         await send_whole(send if method == "GET" else without_body(send), 200, [(b"content-type", content_type.encode())], body)
@@ -152,7 +164,7 @@ class Traffic:
                 await self._limited(send, verdict, tokens, extra, body)
                 return
         if isinstance(asked, APIError):
-            await _send_error(send, asked.status_code, render.error(asked), extra)
+            await _send_error(send, asked.status_code, chat_render.error(asked), extra)
             return
         fault = await self.faults.choose(asked.plan, headers.get(faults.KEY), self.state)
         if fault.kind == "status":
@@ -279,7 +291,7 @@ class Traffic:
         if self.metrics:
             self.metrics.rejected("overload")
         status = self.overload_status
-        body = render.error_body("The server is overloaded: too many requests are waiting. Please try again later.", "server_error")
+        body = chat_render.error_body("The server is overloaded: too many requests are waiting. Please try again later.", "server_error")
         await _send_error(send, status, body, extra)
 
     def _observe(self, route: str, watch: _Watch) -> None:
@@ -475,7 +487,7 @@ def _rate_limit_body(verdict: Verdict, tokens: int, model: str | None) -> bytes:
             f"Request too large for {model} on {unit}: Limit {limit}, Requested {requested}."
             " The input or output tokens must be reduced in order to run successfully."
         )
-    return render.error_body(message, verdict.reason or "requests", None, "rate_limit_exceeded")
+    return chat_render.error_body(message, verdict.reason or "requests", None, "rate_limit_exceeded")
 
 
 class _Model(msgspec.Struct):

@@ -16,10 +16,10 @@ from types import TracebackType
 import msgspec
 from xxhash import xxh3_64_hexdigest
 
-from mockgpt import canonical
 from mockgpt.errors import IndexFormatError
-from mockgpt.fileformat import FORMAT_VERSION, HEADER, LENGTH, MAGIC, SLOT, Header, Meta
-from mockgpt.records import Answer, Record
+from mockgpt.index import canonical
+from mockgpt.index.fileformat import FORMAT_VERSION, HEADER, LENGTH, MAGIC, SLOT, Header, Meta
+from mockgpt.index.records import Answer, Record
 
 __all__ = ["Index"]
 

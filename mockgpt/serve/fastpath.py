@@ -11,10 +11,10 @@ from typing import Protocol, TypeVar
 
 import msgspec
 
-from mockgpt.asgi import JSON_TYPE, ASGIApp, Receive, Scope, Send, admissible, read_body, replayed
-from mockgpt.responses import CreateResponse
-from mockgpt.schema import ChatCompletionRequest
-from mockgpt.service import Reply, Service
+from mockgpt.api.chat import ChatCompletionRequest
+from mockgpt.api.responses import CreateResponse
+from mockgpt.serve.asgi import JSON_TYPE, ASGIApp, Receive, Scope, Send, admissible, read_body, replayed
+from mockgpt.serve.service import Reply, Service
 
 __all__ = ["FastPath"]
 

@@ -182,7 +182,7 @@ def _families() -> _Families:
     if values.ValueClass is values.MutexValue:
         raise RuntimeError(
             f"prometheus_client was imported before ${ENV} was set, so it keeps metrics in memory only; "
-            "call mockgpt.metrics.prepare() before anything imports prometheus_client"
+            "call mockgpt.serve.metrics.prepare() before anything imports prometheus_client"
         )
     return _Families()
 
@@ -217,9 +217,9 @@ def _directory() -> Path:
     """The directory named by ``$PROMETHEUS_MULTIPROC_DIR``, which must exist."""
     directory = os.environ.get(ENV)
     if not directory:
-        raise RuntimeError(f"metrics need ${ENV}; the supervising process sets it with mockgpt.metrics.prepare()")
+        raise RuntimeError(f"metrics need ${ENV}; the supervising process sets it with mockgpt.serve.metrics.prepare()")
     if not os.path.isdir(directory):
-        raise RuntimeError(f"${ENV} is {directory!r}, not a directory; create it with mockgpt.metrics.prepare()")
+        raise RuntimeError(f"${ENV} is {directory!r}, not a directory; create it with mockgpt.serve.metrics.prepare()")
     return Path(directory)
 
 

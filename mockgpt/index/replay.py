@@ -1,6 +1,7 @@
 """From a request's messages to the recorded answers it gets: find, choose, cut, and stream.
 
-Nothing here knows HTTP; the app decodes requests into ``schema`` structs and renders what this returns.
+Nothing here knows HTTP or a wire format: each API (the api wing) reads its requests into messages, and
+renders what this returns.
 """
 
 from __future__ import annotations
@@ -12,10 +13,10 @@ from typing import NamedTuple
 
 import msgspec
 
-from mockgpt import canonical, tokens
 from mockgpt.errors import BadRequest, ConversationNotFound
-from mockgpt.reader import Index
-from mockgpt.records import Answer, Record, StoredCall
+from mockgpt.index import canonical, tokens
+from mockgpt.index.reader import Index
+from mockgpt.index.records import Answer, Record, StoredCall
 
 __all__ = ["Cut", "Replayer", "Sent", "argument_pieces", "cut", "framed_answer", "pieces"]
 

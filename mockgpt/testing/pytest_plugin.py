@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from mockgpt.testing import Conversation, MockServer, index_conversations
+from mockgpt.testing.mock_server import Conversation, MockServer, index_conversations
 
 OPENAI_BASE_URL = "https://api.openai.com/v1"
 

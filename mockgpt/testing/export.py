@@ -13,8 +13,8 @@ from typing import Any, NamedTuple
 
 import msgspec
 
-from mockgpt import canonical, dataset
 from mockgpt.errors import DatasetError
+from mockgpt.index import canonical, dataset
 
 __all__ = ["FORMATS", "Turn", "export", "sample", "turns"]
 
@@ -152,7 +152,7 @@ def _line(turn: Turn, format: str, model: str) -> bytes:
         return _encode({"model": model, "messages": turn.messages}) + b"\n"
     global _tokenizer
     if _tokenizer is None:
-        from mockgpt.tokens import Tokenizer
+        from mockgpt.index.tokens import Tokenizer
 
         _tokenizer = Tokenizer()
     return _encode({"prompt": turn.messages[0]["content"], "output_tokens": _tokenizer.count(turn.answer)}) + b"\n"

@@ -22,7 +22,7 @@ from typing import Any, NamedTuple, cast
 
 import msgspec
 
-from mockgpt.asgi import IN_A_ROW, Send
+from mockgpt.serve.asgi import IN_A_ROW, Send
 
 __all__ = ["Clock", "Pace", "Pacer", "Timing"]
 

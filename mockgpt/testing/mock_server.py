@@ -21,8 +21,8 @@ from typing import IO, Any
 
 import msgspec
 
-from mockgpt import canonical
 from mockgpt.errors import MockGPTError
+from mockgpt.index import canonical
 
 __all__ = ["MockServer", "ServerError", "index_conversations"]
 
@@ -142,7 +142,7 @@ def index_conversations(conversations: Iterable[Conversation], path: str | os.Pa
     Each is a ShareGPT dict (``{"id", "conversations": [{"from", "value"}]}``) or a list of OpenAI
     messages (``[{"role", "content"}, ...]``, ids ``inline-1``, ``inline-2``, ...).
     """
-    from mockgpt.indexer import build
+    from mockgpt.index.build import build
 
     path = Path(path)
     source = path.with_suffix(".jsonl")

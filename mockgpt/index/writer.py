@@ -16,9 +16,9 @@ from types import TracebackType
 
 import msgspec
 
-from mockgpt import canonical
-from mockgpt.fileformat import FORMAT_VERSION, HEADER, LENGTH, MAGIC, SLOT, Header, Meta
-from mockgpt.records import Record
+from mockgpt.index import canonical
+from mockgpt.index.fileformat import FORMAT_VERSION, HEADER, LENGTH, MAGIC, SLOT, Header, Meta
+from mockgpt.index.records import Record
 
 __all__ = ["Writer"]
 

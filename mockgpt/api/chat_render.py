@@ -7,10 +7,7 @@ from typing import TypeVar
 
 import msgspec
 
-from mockgpt import replay
-from mockgpt.errors import APIError
-from mockgpt.records import Answer, StoredCall
-from mockgpt.schema import (
+from mockgpt.api.chat import (
     ChatChoice,
     ChatCompletion,
     ChatCompletionChunk,
@@ -30,6 +27,9 @@ from mockgpt.schema import (
     ToolCallOut,
     Usage,
 )
+from mockgpt.errors import APIError
+from mockgpt.index import replay
+from mockgpt.index.records import Answer, StoredCall
 
 __all__ = [
     "DONE",

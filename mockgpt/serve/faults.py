@@ -23,9 +23,9 @@ from typing import NamedTuple
 
 from xxhash import xxh3_128_hexdigest
 
-from mockgpt import render
+from mockgpt.api import chat_render
 from mockgpt.errors import BadRequest
-from mockgpt.shared import State
+from mockgpt.serve.state import State
 
 __all__ = ["OK", "Fault", "Faults", "error", "parse"]
 
@@ -60,11 +60,11 @@ _BODIES: Mapping[int, tuple[str, str, str | int | None]] = {
 def error(status: int, model: str | None = None) -> bytes:
     """The error body the real API sends with ``status`` (from 400 to 599), for a request naming ``model``."""
     if status == 404 and model is not None:
-        return render.error_body(
+        return chat_render.error_body(
             f"The model `{model}` does not exist or you do not have access to it.", "invalid_request_error", None, "model_not_found"
         )
     message, type, code = _BODIES.get(status) or (_phrase(status), "server_error" if status >= 500 else "invalid_request_error", None)
-    return render.error_body(message, type, None, code)
+    return chat_render.error_body(message, type, None, code)
 
 
 def _phrase(status: int) -> str:

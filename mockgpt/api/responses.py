@@ -33,10 +33,10 @@ import msgspec
 from msgspec import UNSET, Meta, Struct, UnsetType
 from xxhash import xxh3_64_hexdigest
 
-from mockgpt import canonical, replay
 from mockgpt.errors import BadRequest, NotFound
-from mockgpt.reader import Index
-from mockgpt.records import Record
+from mockgpt.index import canonical, replay
+from mockgpt.index.reader import Index
+from mockgpt.index.records import Record
 
 __all__ = [
     "ContentPart",

@@ -27,20 +27,8 @@ from litestar.openapi.plugins import SwaggerRenderPlugin
 from litestar.response import Stream
 from litestar.static_files import create_static_files_router
 
-from mockgpt import render
-from mockgpt.asgi import IN_A_ROW, MAX_HEADERS, ASGIApp, answering_head, header_bytes
-from mockgpt.errors import (
-    APIError, AuthenticationFailed, BadRequest, HeadersTooLarge, MethodNotAllowed, NotFound, PayloadTooLarge,
-)
-from mockgpt.fastpath import FastPath
-from mockgpt.metrics import Metrics
-from mockgpt.reader import Index
-from mockgpt.render_responses import Response as ResponseObject
-from mockgpt.responses import CreateResponse
-from mockgpt.service import MODEL_CREATED, Reply, Service, Settings, random_id
-from mockgpt.shared import Local, Remote
-from mockgpt.traffic import Traffic
-from mockgpt.schema import (
+from mockgpt.api import chat_render
+from mockgpt.api.chat import (
     ChatCompletion,
     ChatCompletionRequest,
     Completion,
@@ -51,6 +39,25 @@ from mockgpt.schema import (
     Model,
     ModelList,
 )
+from mockgpt.api.responses import CreateResponse
+from mockgpt.api.responses_render import Response as ResponseObject
+from mockgpt.errors import (
+    APIError,
+    AuthenticationFailed,
+    BadRequest,
+    HeadersTooLarge,
+    MethodNotAllowed,
+    NotFound,
+    PayloadTooLarge,
+)
+from mockgpt.index.reader import Index
+from mockgpt.serve.asgi import IN_A_ROW, MAX_HEADERS, ASGIApp, answering_head, header_bytes
+from mockgpt.serve.coordinator import Remote
+from mockgpt.serve.fastpath import FastPath
+from mockgpt.serve.metrics import Metrics
+from mockgpt.serve.service import MODEL_CREATED, Reply, Service, Settings, random_id
+from mockgpt.serve.state import Local
+from mockgpt.serve.traffic import Traffic
 
 __all__ = ["Settings", "Service", "create_app"]
 
@@ -243,7 +250,7 @@ def _error_response(status: int, body: bytes) -> Response[bytes]:
 
 
 def _api_error(request: Request[Any, Any, Any], error: APIError) -> Response[bytes]:
-    return _error_response(error.status_code, render.error(error))
+    return _error_response(error.status_code, chat_render.error(error))
 
 
 def _http_error(request: Request[Any, Any, Any], error: HTTPException) -> Response[bytes]:
@@ -257,7 +264,7 @@ def _http_error(request: Request[Any, Any, Any], error: HTTPException) -> Respon
         return _api_error(request, PayloadTooLarge(f"Request body too large: the limit is {limit} bytes.", code="request_too_large"))
     if isinstance(error, ValidationException) or error.status_code == 400:
         return _api_error(request, _bad_request(error))
-    return _error_response(error.status_code, render.error_body(str(error.detail), "invalid_request_error"))
+    return _error_response(error.status_code, chat_render.error_body(str(error.detail), "invalid_request_error"))
 
 
 def _bad_request(error: HTTPException) -> BadRequest:
@@ -272,7 +279,7 @@ def _bad_request(error: HTTPException) -> BadRequest:
 
 def _server_error(request: Request[Any, Any, Any], error: Exception) -> Response[bytes]:
     logger.exception("unexpected error answering %s %s", request.method, request.url.path)
-    return _error_response(500, render.error_body("The server had an error processing your request.", "server_error"))
+    return _error_response(500, chat_render.error_body("The server had an error processing your request.", "server_error"))
 
 
 def _swagger() -> SwaggerRenderPlugin:
@@ -314,7 +321,7 @@ def create_app(settings: Settings | None = None) -> ASGIApp:
     )
     inner = answering_head(app)  # type: ignore[arg-type]
     if settings.upstream:
-        from mockgpt.upstream import Recorder
+        from mockgpt.serve.upstream import Recorder
 
         # Misses go upstream: the layers before this one hand it what they would hand Litestar.
         inner = Recorder(inner, service)

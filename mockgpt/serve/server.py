@@ -16,11 +16,11 @@ import uvicorn
 from uvicorn.supervisors import Multiprocess
 from xxhash import xxh3_64_hexdigest
 
-from mockgpt import metrics
 from mockgpt.errors import IndexFormatError, MockGPTError
-from mockgpt.reader import Index
-from mockgpt.service import Settings
-from mockgpt.shared import Coordinator
+from mockgpt.index.reader import Index
+from mockgpt.serve import metrics
+from mockgpt.serve.coordinator import Coordinator
+from mockgpt.serve.service import Settings
 
 __all__ = ["Progress", "demo_index", "resolve_index", "serve"]
 
@@ -67,7 +67,7 @@ def cached_index(source: Path, target: Path, *, progress: Progress | None = None
             return target
         except IndexFormatError:
             pass
-    from mockgpt.indexer import build
+    from mockgpt.index.build import build
 
     target.parent.mkdir(parents=True, exist_ok=True)
     reporting: AbstractContextManager[Callable[[int], None] | None] = (
@@ -146,7 +146,7 @@ def _run(
         if on_ready is not None:
             on_ready(f"http://{host if ':' not in host else f'[{host}]'}:{port}/v1", opened)
     config = uvicorn.Config(
-        "mockgpt.app:create_app", factory=True, host=host, port=port, workers=workers, log_level=log_level, access_log=False
+        "mockgpt.serve.app:create_app", factory=True, host=host, port=port, workers=workers, log_level=log_level, access_log=False
     )
     if workers > 1:
         Multiprocess(config, sockets=[sock]).run()

@@ -12,7 +12,7 @@ from typing import NamedTuple
 
 import msgspec
 
-from mockgpt import canonical, tokens
+from mockgpt.index import canonical, tokens
 
 __all__ = ["Answer", "Prepared", "Record", "StoredCall", "cut_at", "encode_answers", "prepare"]
 

@@ -29,11 +29,11 @@ from typing import Any
 import httpx
 import msgspec
 
-from mockgpt import render
-from mockgpt.asgi import JSON_TYPE, ASGIApp, Receive, Scope, Send, admissible, read_body, replayed, send_whole
+from mockgpt.api import chat_render
+from mockgpt.api.chat import ChatCompletionRequest
 from mockgpt.errors import ConversationNotFound
-from mockgpt.schema import ChatCompletionRequest
-from mockgpt.service import Service
+from mockgpt.serve.asgi import JSON_TYPE, ASGIApp, Receive, Scope, Send, admissible, read_body, replayed, send_whole
+from mockgpt.serve.service import Service
 
 __all__ = ["Answer", "RecordFile", "Recorder", "Stream", "answers_of"]
 
@@ -281,7 +281,7 @@ class Recorder:
         except httpx.TransportError as error:
             status, message = (504, "timed out") if isinstance(error, httpx.TimeoutException) else (502, "could not be reached")
             logger.warning("upstream %s %s: %s", self.url, message, type(error).__name__)
-            body = render.error_body(f"The upstream endpoint {message} ({type(error).__name__}).", "server_error", None, "upstream_error")
+            body = chat_render.error_body(f"The upstream endpoint {message} ({type(error).__name__}).", "server_error", None, "upstream_error")
             await send_whole(send, status, [JSON_TYPE], body)
             return
         if streamed:

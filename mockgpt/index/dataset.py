@@ -25,8 +25,8 @@ import ijson
 import msgspec
 from xxhash import xxh3_128_hexdigest
 
-from mockgpt import canonical
 from mockgpt.errors import DatasetError
+from mockgpt.index import canonical
 
 __all__ = ["FORMATS", "Conversation", "Skip", "detect_format", "read"]
 

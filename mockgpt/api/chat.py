@@ -10,7 +10,7 @@ from typing import Annotated, Literal
 
 from msgspec import UNSET, Meta, Struct, UnsetType
 
-from mockgpt.canonical import Message
+from mockgpt.index.canonical import Message
 
 __all__ = [
     "ChatChoice",

@@ -7,10 +7,10 @@ dataset's size.
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 import time
 from collections import Counter, deque
-import multiprocessing
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from datetime import datetime, timezone
 from multiprocessing.pool import Pool
@@ -18,10 +18,10 @@ from typing import Protocol
 
 import msgspec
 
-from mockgpt import canonical, dataset, records, tokens
 from mockgpt.errors import DatasetError
-from mockgpt.fileformat import Meta
-from mockgpt.writer import Writer
+from mockgpt.index import canonical, dataset, records, tokens
+from mockgpt.index.fileformat import Meta
+from mockgpt.index.writer import Writer
 
 __all__ = ["Stats", "build"]
 
