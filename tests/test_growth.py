@@ -153,14 +153,15 @@ def test_fault_keys_cost_the_server_no_more_than_their_digests(server: MockServe
     assert grown < 10_000, f"grew by {grown} kB"
 
 
-@pytest.mark.parametrize("path", ["/chat/completions", "/models", "/responses"])
-def test_request_headers_are_bounded(server: MockServer, path: str) -> None:
-    headers = {"x-mockgpt-fault-key": "k" * (70 << 10), "x-mockgpt-fault": "500"}
+@pytest.mark.parametrize(("path", "asking"), [("/chat/completions", True), ("/models", True), ("/responses", True), ("/chat/completions", False)])
+def test_request_headers_are_bounded(server: MockServer, path: str, asking: bool) -> None:
+    # Asking for a fault, or as a plain miss: either way they are read.
+    headers = {"x-mockgpt-fault-key": "k" * (70 << 10), "x-mockgpt-fault": "500"} if asking else {"x-padding": "k" * (70 << 10)}
     with httpx.Client(base_url=server.base_url) as http:
         if path == "/models":
             response = http.get(path, headers=headers)
         else:
-            response = http.post(path, json=chat([{"role": "user", "content": "Hello!"}]), headers=headers)
+            response = http.post(path, json=chat([{"role": "user", "content": "Hello?" if asking else "Nobody said this."}]), headers=headers)
         assert response.status_code == 431
         assert response.json()["error"]["code"] == "request_headers_too_large"
         assert http.get(path.replace("/chat/completions", "/models").replace("/responses", "/models")).status_code == 200

