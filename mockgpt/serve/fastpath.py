@@ -18,9 +18,9 @@ from mockgpt.api.chat import ChatCompletionRequest
 from mockgpt.api.responses import CreateResponse
 from mockgpt.errors import APIError
 from mockgpt.serve.asgi import (
-    JSON_TYPE, MAX_HEADERS, ASGIApp, Receive, Scope, Send, admissible, header_bytes, read_body, replayed, send_whole,
+    JSON_TYPE, MAX_HEADERS, ASGIApp, Receive, Scope, Send, admissible, header_bytes, read_body, replayed,
 )
-from mockgpt.serve.service import Reply, Service, random_id
+from mockgpt.serve.service import Reply, Service, send_error
 
 __all__ = ["FastPath"]
 
@@ -62,8 +62,7 @@ class FastPath:
         body, more = await read_body(receive, self._max_body)
         reply = hit(body) if len(body) <= self._max_body else None
         if isinstance(reply, APIError) and self._errors_answered and header_bytes(scope) <= MAX_HEADERS:
-            request_id = (b"x-request-id", b"req_" + random_id().encode())
-            await send_whole(send, reply.status_code, [JSON_TYPE, request_id], chat_render.error(reply))
+            await send_error(send, reply.status_code, chat_render.error(reply))
             return
         if not isinstance(reply, Reply):
             await self.app(scope, replayed(body, receive, more), send)

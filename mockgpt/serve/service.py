@@ -1,4 +1,5 @@
-"""Answers from the index, before HTTP: the settings a worker serves with, and what it replies to a request."""
+"""Answers from the index, before HTTP: the settings a worker serves with, and what it replies to a request;
+and the one way the layers in front of the app send an error themselves."""
 
 from __future__ import annotations
 
@@ -18,10 +19,11 @@ from mockgpt.index import replay, tokens
 from mockgpt.index.canonical import Message
 from mockgpt.index.reader import Index
 from mockgpt.index.records import Answer
+from mockgpt.serve.asgi import JSON_TYPE, Send, send_whole
 from mockgpt.serve.pacing import Timing
 from mockgpt.serve.state import Limits
 
-__all__ = ["MODEL_CREATED", "Reply", "Service", "Settings", "random_id"]
+__all__ = ["MODEL_CREATED", "Reply", "Service", "Settings", "random_id", "send_error"]
 
 MODEL_CREATED = 1_700_000_000
 
@@ -229,6 +231,13 @@ def _reply(
 def random_id() -> str:
     """Random enough to tell responses apart, and no system call per request."""
     return f"{getrandbits(128):032x}"
+
+
+async def send_error(send: Send, status: int, body: bytes, extra: list[tuple[bytes, bytes]] = []) -> None:
+    """An error response the layers in front of the app send themselves: ``body`` with a request id of its
+    own, and ``extra`` headers."""
+    request_id = (b"x-request-id", b"req_" + random_id().encode())
+    await send_whole(send, status, [JSON_TYPE, request_id, *extra], body)
 
 
 def _headers(answer: Answer, request_id: str) -> list[tuple[bytes, bytes]]:

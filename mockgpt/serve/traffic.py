@@ -50,7 +50,7 @@ from mockgpt.serve.asgi import (
 from mockgpt.serve.faults import Fault
 from mockgpt.serve.metrics import Metrics
 from mockgpt.serve.pacing import Pace, Pacer
-from mockgpt.serve.service import Reply, Service, random_id
+from mockgpt.serve.service import Reply, Service, send_error
 from mockgpt.serve.state import SharedStateError, State, Verdict
 
 __all__ = ["Traffic"]
@@ -127,7 +127,7 @@ class Traffic:
             except SharedStateError as error:
                 # Before any response: the coordinator went away, as it does when the server stops.
                 logger.error("%s", error)
-                await _send_error(send, 500, chat_render.error_body(str(error), "server_error"))
+                await send_error(send, 500, chat_render.error_body(str(error), "server_error"))
         elif self.metrics is not None and scope["path"] == "/metrics":
             await self._metrics(scope["method"], send)
         else:
@@ -137,7 +137,7 @@ class Traffic:
         assert self.metrics is not None
         if method not in ("GET", "HEAD"):
             message = f"Invalid method for URL ({method} /metrics)"
-            await _send_error(send, 405, chat_render.error_body(message, "invalid_request_error"), [(b"allow", b"GET, HEAD")])
+            await send_error(send, 405, chat_render.error_body(message, "invalid_request_error"), [(b"allow", b"GET, HEAD")])
             return
         body, content_type = self.metrics.render()
         await send_whole(send if method == "GET" else without_body(send), 200, [(b"content-type", content_type.encode())], body)
@@ -164,7 +164,7 @@ class Traffic:
                 await self._limited(send, verdict, tokens, extra, body)
                 return
         if isinstance(asked, APIError):
-            await _send_error(send, asked.status_code, chat_render.error(asked), extra)
+            await send_error(send, asked.status_code, chat_render.error(asked), extra)
             return
         fault = await self.faults.choose(asked.plan, headers.get(faults.KEY), self.state)
         if fault.kind == "status":
@@ -277,7 +277,7 @@ class Traffic:
         extra = [*extra, (b"x-mockgpt-fault", b"%d" % status)]
         if wait is not None:
             extra += [(b"retry-after-ms", b"%d" % math.ceil(wait)), (b"retry-after", b"%d" % math.ceil(wait / 1000))]
-        await _send_error(send, status, faults.error(status, _model(body)), extra)
+        await send_error(send, status, faults.error(status, _model(body)), extra)
 
     async def _limited(self, send: Send, verdict: Verdict, tokens: int, extra: list[tuple[bytes, bytes]], body: bytes) -> None:
         if self.metrics:
@@ -285,14 +285,14 @@ class Traffic:
         wait = verdict.retry_after
         if math.isfinite(wait):
             extra = [*extra, (b"retry-after-ms", b"%d" % math.ceil(wait * 1000)), (b"retry-after", b"%d" % math.ceil(wait))]
-        await _send_error(send, 429, _rate_limit_body(verdict, tokens, _model(body)), extra)
+        await send_error(send, 429, _rate_limit_body(verdict, tokens, _model(body)), extra)
 
     async def _overloaded(self, send: Send, extra: list[tuple[bytes, bytes]]) -> None:
         if self.metrics:
             self.metrics.rejected("overload")
         status = self.overload_status
         body = chat_render.error_body("The server is overloaded: too many requests are waiting. Please try again later.", "server_error")
-        await _send_error(send, status, body, extra)
+        await send_error(send, status, body, extra)
 
     def _observe(self, route: str, watch: _Watch) -> None:
         assert self.metrics is not None
@@ -513,11 +513,6 @@ def _adding(send: Send, extra: list[tuple[bytes, bytes]]) -> Send:
         await send(message)
 
     return adding
-
-
-async def _send_error(send: Send, status: int, body: bytes, extra: list[tuple[bytes, bytes]] = []) -> None:
-    request_id = (b"x-request-id", b"req_" + random_id().encode())
-    await send_whole(send, status, [JSON_TYPE, request_id, *extra], body)
 
 
 def _label(path: str) -> str:
