@@ -14,6 +14,7 @@ __all__ = [
     "MockGPTError",
     "NotFound",
     "PayloadTooLarge",
+    "TooManyTokens",
 ]
 
 
@@ -50,6 +51,13 @@ class APIError(MockGPTError):
 
 class BadRequest(APIError):
     """The body is not valid JSON or not a valid request."""
+
+
+class TooManyTokens(BadRequest):
+    """The inputs of one embeddings request hold more tokens than it may."""
+
+    type = "max_tokens_per_request"
+    code = "max_tokens_per_request"
 
 
 class AuthenticationFailed(APIError):

@@ -60,7 +60,7 @@ CASES = [
     ("miss", "POST", "/v1/chat/completions", json.dumps({**GOOD, "messages": [{"role": "user", "content": "Bye!"}]}), {}, 404, "messages", "conversation_not_found"),
     ("legacy miss", "POST", "/v1/completions", json.dumps({"model": "m", "prompt": "Bye!"}), {}, 404, "prompt", "conversation_not_found"),
     ("unknown route", "GET", "/v1/nothing", None, {}, 404, None, None),
-    ("unknown route without v1", "POST", "/embeddings", b"{}", {}, 404, None, None),
+    ("unknown route without v1", "POST", "/audio/speech", b"{}", {}, 404, None, None),
     ("wrong method", "GET", "/v1/chat/completions", None, {}, 405, None, None),
     ("wrong method on models", "DELETE", "/v1/models", None, {}, 405, None, None),
     ("body over the limit", "POST", "/v1/chat/completions", b" " * (LIMIT + 1), {}, 413, None, "request_too_large"),

@@ -137,6 +137,19 @@ def rss_kb(pid: int) -> int:
         return next(int(line.split()[1]) for line in status if line.startswith("VmRSS:"))
 
 
+def test_embeddings_of_many_inputs(server: MockServer) -> None:
+    # Every input its own words, none seen before: each costs the same.
+    def body(n: int) -> dict[str, Any]:
+        return {"model": "text-embedding-3-small", "input": [f"topic {i} word{i} and z{i * 7919}" for i in range(n)]}
+
+    assert_linear(server, "/embeddings", body, 500, status=200)
+
+
+@pytest.mark.parametrize("text", ["?!", "a", "word ", "\u00e9\u0301"])
+def test_an_embeddings_input_over_the_token_limit(server: MockServer, text: str) -> None:
+    assert_linear(server, "/embeddings", lambda n: {"model": "text-embedding-3-small", "input": text * n}, 100_000, status=400)
+
+
 def test_fault_keys_cost_the_server_no_more_than_their_digests(server: MockServer) -> None:
     assert server.pid is not None
     key = "k" * 60_000

@@ -20,7 +20,9 @@ from collections.abc import Sequence
 from typing import Protocol
 
 __all__ = [
+    "EMBEDDING_ENCODING",
     "ENCODING",
+    "EmbeddingTokenizer",
     "REPLY_PRIMING",
     "TOKENS_PER_MESSAGE",
     "Tokenizer",
@@ -31,6 +33,8 @@ __all__ = [
 ]
 
 ENCODING = "o200k_base"
+# The tokenizer of OpenAI's embedding models, which the embeddings API counts with.
+EMBEDDING_ENCODING = "cl100k_base"
 TOKENS_PER_MESSAGE = 3
 ROLE_TOKENS = 1
 REPLY_PRIMING = 3
@@ -45,13 +49,8 @@ class Tokenizer:
     """``o200k_base`` through bpe-openai's Rust backend, which embeds its vocabulary (no download)."""
 
     def __init__(self) -> None:
-        with warnings.catch_warnings():
-            # bpe-openai reads its vocabularies with a deprecated importlib.resources call.
-            warnings.simplefilter("ignore", DeprecationWarning)
-            from bpe_openai import _bindings, registry
-
-            self._backend: _Backend = _bindings.tokenizer_for_encoding(ENCODING)
-            ranks: dict[bytes, int] = registry.o200k_base()["mergeable_ranks"]
+        self._backend = _backend(ENCODING)
+        ranks = _ranks(ENCODING)
         # Indexed by token id; special tokens never come out of an ordinary encode.
         self._length_byte = bytearray(max(ranks.values()) + 1)
         for token, rank in ranks.items():
@@ -63,6 +62,49 @@ class Tokenizer:
     def lengths(self, text: str) -> bytes:
         """One byte per token of ``text``: that token's UTF-8 length minus one."""
         return bytes(map(self._length_byte.__getitem__, self._backend.encode(text)))
+
+
+class EmbeddingTokenizer:
+    """``cl100k_base``: texts as token ids, and each token's bytes."""
+
+    def __init__(self) -> None:
+        self._backend = _backend(EMBEDDING_ENCODING)
+        self._pieces: list[bytes] | None = None
+
+    def encode(self, text: str) -> list[int]:
+        return self._backend.encode(sanitize(text))
+
+    @property
+    def pieces(self) -> list[bytes]:
+        """Each token's bytes, by id."""
+        if self._pieces is None:
+            ranks = _ranks(EMBEDDING_ENCODING)
+            pieces = [b""] * len(ranks)
+            for piece, rank in ranks.items():
+                pieces[rank] = piece
+            self._pieces = pieces
+        return self._pieces
+
+
+def _backend(encoding: str) -> _Backend:
+    """bpe-openai's Rust tokenizer of ``encoding``."""
+    with warnings.catch_warnings():
+        # bpe-openai reads its vocabularies with a deprecated importlib.resources call.
+        warnings.simplefilter("ignore", DeprecationWarning)
+        from bpe_openai import _bindings
+
+        backend: _Backend = _bindings.tokenizer_for_encoding(encoding)
+    return backend
+
+
+def _ranks(encoding: str) -> dict[bytes, int]:
+    """Each ordinary token of ``encoding`` (its bytes) with its id."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        from bpe_openai import registry
+
+        ranks: dict[bytes, int] = getattr(registry, encoding)()["mergeable_ranks"]
+    return ranks
 
 
 def sanitize(text: str) -> str:

@@ -39,6 +39,7 @@ from mockgpt.api.chat import (
     Model,
     ModelList,
 )
+from mockgpt.api.embeddings import EmbeddingList, EmbeddingRequest
 from mockgpt.api.responses import CreateResponse
 from mockgpt.api.responses_render import Response as ResponseObject
 from mockgpt.errors import (
@@ -63,7 +64,10 @@ __all__ = ["Settings", "Service", "create_app"]
 
 logger = logging.getLogger("mockgpt")
 
-MODELS = ["gpt-4o", "gpt-4o-mini", "gpt-4.1", "gpt-4.1-mini", "gpt-4-turbo", "gpt-3.5-turbo", "o3-mini", "mockgpt"]
+MODELS = [
+    "gpt-4o", "gpt-4o-mini", "gpt-4.1", "gpt-4.1-mini", "gpt-4-turbo", "gpt-3.5-turbo", "o3-mini", "mockgpt",
+    "text-embedding-3-small", "text-embedding-3-large", "text-embedding-ada-002",
+]
 _JSON = "application/json"
 
 
@@ -196,6 +200,21 @@ async def create_response(data: CreateResponse, request: Request[Any, Any, Any])
     return _reply(request.app.state.service.responses(data))
 
 
+@post(
+    ["/embeddings"],
+    before_request=_strict(EmbeddingRequest),
+    summary="Create embeddings",
+    description=(
+        "Deterministic unit vectors made from the words of each input: texts that share words and phrases lie"
+        " closer than texts that share none. `usage` counts `cl100k_base` tokens."
+    ),
+    responses={200: ResponseSpec(data_container=EmbeddingList, description="One vector per input, in order"), **_ERRORS},
+    status_code=200,
+)
+async def create_embeddings(data: EmbeddingRequest, request: Request[Any, Any, Any]) -> Response[bytes] | Stream:
+    return _reply(request.app.state.service.embeddings(data))
+
+
 @get(
     "/responses/{response_id:str}",
     summary="Retrieve a model response",
@@ -298,7 +317,9 @@ def create_app(settings: Settings | None = None) -> ASGIApp:
 
     settings = settings or Settings.from_env()
     service = Service(settings)
-    api = [chat_completions, completions, create_response, retrieve_response, list_models, retrieve_model]
+    api = [
+        chat_completions, completions, create_response, retrieve_response, create_embeddings, list_models, retrieve_model
+    ]
     app = Litestar(
         route_handlers=[
             Router("/v1", route_handlers=api, guards=[_api_key_guard]),

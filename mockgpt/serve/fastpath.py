@@ -1,4 +1,5 @@
 """The fast path: non-streamed chat completion and Responses API requests, the ones a load test sends most,
+and embeddings requests,
 answered in front of the Litestar app with the same code its route handlers use (decode, look up,
 render), and none of its per-request machinery: a hit, and a valid request that the service turns down
 (a miss, say) with the error the app would send. Anything else goes on untouched: to the traffic layer if
@@ -15,6 +16,7 @@ import msgspec
 
 from mockgpt.api import chat_render
 from mockgpt.api.chat import ChatCompletionRequest
+from mockgpt.api.embeddings import EmbeddingRequest
 from mockgpt.api.responses import CreateResponse
 from mockgpt.errors import APIError
 from mockgpt.serve.asgi import (
@@ -26,20 +28,23 @@ __all__ = ["FastPath"]
 
 
 class FastPath:
-    """Answers non-streamed chat completion and Responses API hits itself; passes completion requests that
-    carry an ``x-mockgpt-`` header to ``traffic``, and everything else to ``app``."""
+    """Answers non-streamed chat completion and Responses API hits and embeddings itself; passes requests
+    of these routes that carry an ``x-mockgpt-`` header to ``traffic``, and everything else to ``app``."""
 
-    answered = frozenset(
-        {"/v1/chat/completions", "/chat/completions", "/v1/completions", "/completions", "/v1/responses", "/responses"}
-    )
+    answered = frozenset({
+        "/v1/chat/completions", "/chat/completions", "/v1/completions", "/completions", "/v1/responses", "/responses",
+        "/v1/embeddings", "/embeddings",
+    })
 
     def __init__(self, app: ASGIApp, service: Service, traffic: ASGIApp) -> None:
         self.app = app
         self.service = service
         self.traffic = traffic
-        chat, responses = _hit(ChatCompletionRequest, service.chat), _hit(CreateResponse, service.responses)
+        chat, responses = _hit(ChatCompletionRequest, _whole(service.chat)), _hit(CreateResponse, _whole(service.responses))
+        embeddings = _hit(EmbeddingRequest, service.embeddings)
         self._hits = {
-            "/v1/chat/completions": chat, "/chat/completions": chat, "/v1/responses": responses, "/responses": responses
+            "/v1/chat/completions": chat, "/chat/completions": chat, "/v1/responses": responses, "/responses": responses,
+            "/v1/embeddings": embeddings, "/embeddings": embeddings,
         }
         api_key = service.settings.api_key
         self._authorization = None if api_key is None else f"Bearer {api_key}".encode()
@@ -76,18 +81,27 @@ class _Streamable(Protocol):
     stream: bool | None
 
 
-R = TypeVar("R", bound=_Streamable)
+R = TypeVar("R")
+S = TypeVar("S", bound=_Streamable)
 
 
-def _hit(request_type: type[R], answer: Callable[[R], Reply]) -> Callable[[bytes], Reply | APIError | None]:
-    """What answers a body of ``request_type``: the reply to a non-streamed hit, or the error the service
-    turned it down with; None for anything else, which Litestar then answers."""
+def _whole(answer: Callable[[S], Reply]) -> Callable[[S], Reply | None]:
+    """``answer`` for requests that are not streamed; None for a stream, which Litestar then answers."""
+
+    def whole(request: S) -> Reply | None:
+        return None if request.stream else answer(request)
+
+    return whole
+
+
+def _hit(request_type: type[R], answer: Callable[[R], Reply | None]) -> Callable[[bytes], Reply | APIError | None]:
+    """What answers a body of ``request_type``: the reply to a hit, or the error the service turned it
+    down with; None for anything else, which Litestar then answers."""
     decode = msgspec.json.Decoder(request_type).decode
 
     def hit(body: bytes) -> Reply | APIError | None:
         try:
-            request = decode(body)
-            return None if request.stream else answer(request)
+            return answer(decode(body))
         except APIError as error:
             return error
         except Exception:

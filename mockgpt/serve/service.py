@@ -12,10 +12,10 @@ from urllib.parse import quote
 import msgspec
 from xxhash import xxh3_128_hexdigest
 
-from mockgpt.api import chat_render, responses, responses_render
+from mockgpt.api import chat_render, embeddings, embeddings_render, responses, responses_render
 from mockgpt.api.chat import ChatCompletionRequest, CompletionRequest
 from mockgpt.errors import NotFound
-from mockgpt.index import replay, tokens
+from mockgpt.index import replay, tokens, vectors
 from mockgpt.index.canonical import Message
 from mockgpt.index.reader import Index
 from mockgpt.index.records import Answer
@@ -130,6 +130,7 @@ class Service:
         self.replayer = replay.Replayer(self.index, ignore_system=settings.ignore_system)
         self.fingerprint = self.index.fingerprint
         self.response_ids = responses.ResponseIds(self.index)
+        self._embedder: tuple[tokens.EmbeddingTokenizer, vectors.Embedder] | None = None
 
     def chat(self, request: ChatCompletionRequest) -> Reply:
         record = self.replayer.find(request.messages)
@@ -195,6 +196,18 @@ class Service:
         if request.stream:
             return Reply(headers, b"", responses_render.events(id, created, cut, request), *counts)
         return Reply(headers, responses_render.response_body(id, created, cut, request), None, *counts)
+
+    def embeddings(self, request: embeddings.EmbeddingRequest) -> Reply:
+        """The vectors of the request's inputs, made from their tokens (vectors.py)."""
+        if self._embedder is None:
+            # Loaded by the first embeddings request, in a second or so: most servers never see one.
+            tokenizer = tokens.EmbeddingTokenizer()
+            self._embedder = tokenizer, vectors.Embedder(tokenizer.pieces)
+        tokenizer, embedder = self._embedder
+        inputs = embeddings.read(request, tokenizer)
+        found = [embedder.embed(ids, inputs.size, inputs.dimensions) for ids in inputs.inputs]
+        body = embeddings_render.embeddings_body(found, inputs.model, inputs.tokens, request.encoding_format == "base64")
+        return Reply([(b"x-request-id", b"req_" + random_id().encode())], body, None, inputs.tokens)
 
     def retrieve(self, id: str) -> bytes:
         """The response object of a response id, as it was served (with the defaults for the request's

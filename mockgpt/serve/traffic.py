@@ -1,13 +1,15 @@
 """A busy server: faults, rate limits, capacity and pacing, with metrics, in front of the app.
 
 ``create_app`` puts ``Traffic`` in front of the Litestar app in place of ``FastPath`` when one of these
-options is set. It answers every chat, legacy completion and Responses API hit itself, in this order:
+options is set. It answers every chat, legacy completion and Responses API hit and every embeddings
+request itself, in this order:
 
 1. the request is looked up, then charged to its API key's rate limits, as the real API does first (every
    request counts; a miss, or a request whose ``x-mockgpt-`` headers are invalid, charges no tokens);
 2. a fault (by header or at random) answers at once with its error;
 3. it waits for an answer slot, in FIFO order, or is turned away when the queue is full;
-4. the answer is sent at the pace of a real model, and the slot given back when it is done.
+4. the answer is sent at the pace of a real model, and the slot given back when it is done (embeddings
+   after the time to a first token, prefill included).
 
 Misses and invalid requests go on to the app, which words their errors. With ``--metrics``, every
 request is counted and timed, and ``GET /metrics`` serves the counts of all workers.
@@ -29,6 +31,7 @@ from xxhash import xxh3_128_hexdigest
 
 from mockgpt.api import chat_render
 from mockgpt.api.chat import ChatCompletionRequest, CompletionRequest
+from mockgpt.api.embeddings import EmbeddingRequest
 from mockgpt.api.responses import CreateResponse
 from mockgpt.errors import APIError, BadRequest
 from mockgpt.serve import faults
@@ -62,7 +65,11 @@ _ROUTES = {
     "/completions": "/completions",
     "/v1/responses": "/responses",
     "/responses": "/responses",
+    "/v1/embeddings": "/embeddings",
+    "/embeddings": "/embeddings",
 }
+# The routes that answer from the index, where a 404 is a miss; an embeddings request is never one.
+_REPLAYED = {"/chat/completions", "/completions", "/responses"}
 _KNOWN = {"/models", "/health", "/metrics", "/docs"}
 _STREAM_HEADERS = [(b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache")]
 TTFT, ITL = "x-mockgpt-ttft-ms", "x-mockgpt-itl-ms"
@@ -100,6 +107,7 @@ class Traffic:
         self._chat = msgspec.json.Decoder(ChatCompletionRequest).decode
         self._completion = msgspec.json.Decoder(CompletionRequest).decode
         self._responses = msgspec.json.Decoder(CreateResponse).decode
+        self._embeddings = msgspec.json.Decoder(EmbeddingRequest).decode
         logging.getLogger("uvicorn.error").addFilter(_Quiet())
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -184,6 +192,8 @@ class Traffic:
                 return self.service.chat(self._chat(body))
             if route == "/responses":
                 return self.service.responses(self._responses(body))
+            if route == "/embeddings":
+                return self.service.embeddings(self._embeddings(body))
             return self.service.completion(self._completion(body))
         except Exception:
             return None
@@ -306,7 +316,7 @@ class Traffic:
         elif status < 400:
             outcome = "hit" if answers else "none"
         else:
-            outcome = "miss" if status == 404 and answers else "error"
+            outcome = "miss" if status == 404 and route in _REPLAYED else "error"
         self.metrics.request(route, status, outcome, now - watch.started)
         if watch.first is not None and watch.streamed:
             self.metrics.first_token(route, watch.first - watch.started)

@@ -32,6 +32,9 @@ ROOTS = [
     "CreateResponse",
     "Response",
     "ResponseStreamEvent",
+    # Embeddings: the request, and the response.
+    "CreateEmbeddingRequest",
+    "CreateEmbeddingResponse",
 ]
 
 PREFIX = "#/components/schemas/"
