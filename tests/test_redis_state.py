@@ -306,3 +306,23 @@ def test_an_unreachable_redis_is_an_error_of_its_own() -> None:
     with pytest.raises(SharedStateUnreachable, match="is unreachable") as raised:
         asyncio.run(charge())
     assert raised.value.status == 503
+
+
+def test_requests_at_once_are_counted_one_by_one(running: RedisServer) -> None:
+    limits = Limits(rpm=20)
+    key, fault = uuid.uuid4().hex, uuid.uuid4().hex
+
+    async def at_once() -> tuple[list[Any], list[int]]:
+        shared = Shared(running.url, limits, Local(limits))
+        try:
+            # Sent in batches, as many as wait while one is on its way, yet each charged after the one before.
+            verdicts = await asyncio.gather(*[shared.charge(key, 0) for _ in range(50)])
+            steps = await asyncio.gather(*[shared.fault_step(fault) for _ in range(50)])
+            return list(verdicts), list(steps)
+        finally:
+            await shared.close()
+
+    verdicts, steps = asyncio.run(at_once())
+    assert [verdict.allowed for verdict in verdicts] == [True] * 20 + [False] * 30
+    assert [verdict.remaining_requests for verdict in verdicts] == [*range(19, -1, -1)] + [0] * 30
+    assert steps == list(range(50))

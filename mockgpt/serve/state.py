@@ -92,7 +92,8 @@ class State(Protocol):
     async def fault_step(self, key: str) -> int:
         """How many requests carrying fault key ``key`` came before this one (0 for the first); counts this one.
 
-        Only the ``fault_keys`` keys used last are remembered: one forgotten starts again from 0.
+        Only the ``fault_keys`` keys used last are remembered (in Redis, those used in the last hour): one
+        forgotten starts again from 0.
         """
 
     async def close(self) -> None:
