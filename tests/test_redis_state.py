@@ -8,6 +8,7 @@ import itertools
 import math
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -203,6 +204,19 @@ def test_a_redis_gone_is_a_503_and_back_is_served(index: Path, running: RedisSer
             assert isinstance(body, dict) and (body["type"], body["param"], body["code"]) == ("server_error", None, None)
             assert body["message"].startswith(f"The shared state at {running.url} is unreachable: Error ")
         running.start()
+        for _ in range(2):
+            assert client.chat.completions.create(model="gpt-4o", messages=HELLO).choices  # type: ignore[arg-type]
+        # A Redis that hangs, and then goes on.
+        assert running.process is not None
+        running.process.send_signal(signal.SIGSTOP)
+        try:
+            started = time.monotonic()
+            with pytest.raises(openai.InternalServerError) as caught:
+                client.chat.completions.create(model="gpt-4o", messages=HELLO)  # type: ignore[arg-type]
+            assert time.monotonic() - started < 10
+            assert caught.value.status_code == 503 and said(caught.value).startswith(f"The shared state at {running.url} is unreachable: ")
+        finally:
+            running.process.send_signal(signal.SIGCONT)
         for _ in range(2):
             assert client.chat.completions.create(model="gpt-4o", messages=HELLO).choices  # type: ignore[arg-type]
 
