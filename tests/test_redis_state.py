@@ -97,9 +97,12 @@ def running(store: RedisServer) -> RedisServer:
 
 
 @contextmanager
-def replicas(index: Path, store: RedisServer, **options: Any) -> Iterator[tuple[MockServer, MockServer]]:
-    """Two servers sharing ``store``, with ``options``."""
-    with MockServer(index, state=store.url, **options) as first, MockServer(index, state=store.url, **options) as second:
+def replicas(index: Path, store: RedisServer, workers: int = 1, **options: Any) -> Iterator[tuple[MockServer, MockServer]]:
+    """Two servers sharing ``store``, with ``options``; the second with ``workers`` workers."""
+    with (
+        MockServer(index, state=store.url, **options) as first,
+        MockServer(index, state=store.url, workers=workers, **options) as second,
+    ):
         yield first, second
 
 
@@ -135,7 +138,8 @@ def port(server: MockServer) -> int:
 
 def test_rpm_holds_across_replicas(index: Path, running: RedisServer) -> None:
     seen: list[tuple[int, int]] = []
-    with replicas(index, running, rpm=5) as servers, alternating(servers, seen) as client:
+    # The second with workers of its own, whose answer slots the coordinator keeps.
+    with replicas(index, running, workers=2, rpm=5, max_concurrency=4) as servers, alternating(servers, seen) as client:
         answered = [client.chat.completions.with_raw_response.create(model="gpt-4o", messages=HELLO) for _ in range(5)]  # type: ignore[arg-type]
         assert [response.headers["x-ratelimit-remaining-requests"] for response in answered] == ["4", "3", "2", "1", "0"]
         for _ in range(2):
