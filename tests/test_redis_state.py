@@ -265,6 +265,14 @@ def test_an_unreachable_redis_fails_the_start_in_one_line() -> None:
     assert result.returncode == 1 and result.stderr.startswith("Error: --state http://127.0.0.1:1/0: ") and result.stderr.count("\n") == 1
 
 
+def test_without_the_redis_client_the_start_says_what_to_install() -> None:
+    # As if redis were not installed: its import fails.
+    code = "import sys; sys.modules['redis'] = None; from mockgpt.cli import main; main()"
+    command = [sys.executable, "-c", code, "serve", "--port", "0", "--state", "redis://127.0.0.1:1/0"]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
+    assert (result.returncode, result.stderr) == (1, "Error: --state needs the redis client: pip install 'mockgpt[redis]'\n")
+
+
 # The state itself, in the process
 
 
