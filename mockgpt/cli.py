@@ -185,6 +185,7 @@ def _request_messages(body: bytes) -> list[canonical.Message]:
 @click.option("--tpm", envvar="MOCKGPT_TPM", type=click.IntRange(min=1), help="Tokens per minute per API key (prompt + max_tokens or the answer), server-wide.  [default: no limit]")
 @click.option("--fault-rate", envvar="MOCKGPT_FAULT_RATE", default=0.0, show_default=True, type=click.FloatRange(0, 1), help="Share of requests that fail at random.")
 @click.option("--fault-status", envvar="MOCKGPT_FAULT_STATUS", default="429,500,503", show_default=True, help="Statuses random faults draw from, comma-separated.")
+@click.option("--state", envvar="MOCKGPT_STATE", metavar="redis://HOST:PORT/DB", help="Keep the rate-limit budgets and fault-plan counters in this Redis, shared by every replica that names it (needs mockgpt[redis]).  [default: this server's own]")
 @click.option("--metrics", envvar="MOCKGPT_METRICS", is_flag=True, help="Count and time requests; GET /metrics serves Prometheus text.")
 @click.option("--upstream", envvar="MOCKGPT_UPSTREAM", help="Base URL of an OpenAI-compatible API (https://api.openai.com/v1) that answers the chat completions the index lacks; with --record.  [default: none, a miss is a 404]")
 @click.option("--record", envvar="MOCKGPT_RECORD", type=click.Path(dir_okay=False), help="OpenAI chat JSONL file that --upstream's answers are appended to; serve it with --index to replay them on the next start.")

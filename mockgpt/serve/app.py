@@ -57,7 +57,7 @@ from mockgpt.serve.coordinator import Remote
 from mockgpt.serve.fastpath import FastPath
 from mockgpt.serve.metrics import Metrics
 from mockgpt.serve.service import MODEL_CREATED, Reply, Service, Settings, random_id
-from mockgpt.serve.state import Local
+from mockgpt.serve.state import Local, State
 from mockgpt.serve.traffic import Traffic
 
 __all__ = ["Settings", "Service", "create_app"]
@@ -353,9 +353,14 @@ def create_app(settings: Settings | None = None) -> ASGIApp:
 
 
 def _traffic(app: ASGIApp, service: Service) -> Traffic:
-    """The busy-server layer: its state shared with the other workers through the coordinator, if any."""
+    """The busy-server layer: its state shared with the other workers through the coordinator, if any, and
+    its budgets and fault counters with other replicas through the Redis of ``--state``, if given."""
     settings = service.settings
-    state = Remote(settings.state) if settings.state else Local(settings.limits)
+    state: State = Remote(settings.coordinator) if settings.coordinator else Local(settings.limits)
+    if settings.state:
+        from mockgpt.serve.redis_state import Shared
+
+        state = Shared(settings.state, settings.limits, state)
     return Traffic(app, service, state, Metrics() if settings.metrics else None)
 
 

@@ -100,10 +100,14 @@ def serve(
     ``on_ready`` gets the base URL (``http://HOST:PORT/v1``) and the open index once the socket is bound;
     ``progress`` reports the indexing of a dataset first (see ``Progress``). ``upstream`` and ``record``
     go together: misses are answered by the upstream and appended to the record file (see ``record``).
+    ``state``, a ``redis://`` URL, shares rate-limit budgets and fault counters with the other servers
+    that name it; it must answer before the server starts.
     """
     record = _record_file(settings)
     path = resolve_index(index, progress=progress, record=record)
     options = Settings(index=str(path.resolve()), **settings)
+    if options.state:
+        _reach(options.state)
     with tempfile.TemporaryDirectory(prefix="mockgpt-") as run:
         if options.metrics:
             metrics.prepare(Path(run) / "metrics")
@@ -111,12 +115,23 @@ def serve(
         coordinator = Coordinator(options.limits, str(Path(run) / "shared.sock")) if workers > 1 else None
         if coordinator is not None:
             coordinator.start()
-            options = msgspec.structs.replace(options, state=coordinator.path)
+            options = msgspec.structs.replace(options, coordinator=coordinator.path)
         try:
             _run(options, host, port, workers, log_level, on_ready)
         finally:
             if coordinator is not None:
                 coordinator.stop()
+
+
+def _reach(url: str) -> None:
+    """Fail now, in one line, unless the Redis of ``--state`` answers: before any worker starts."""
+    try:
+        from mockgpt.serve import redis_state
+    except ModuleNotFoundError as error:
+        if error.name != "redis":
+            raise
+        raise MockGPTError("--state needs the redis client: pip install 'mockgpt[redis]'") from None
+    redis_state.check(url)
 
 
 def _record_file(settings: dict[str, Any]) -> str | None:

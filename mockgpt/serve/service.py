@@ -56,8 +56,11 @@ class Settings(msgspec.Struct, kw_only=True):
     fault_rate: float = 0.0
     fault_status: list[int] = msgspec.field(default_factory=lambda: [429, 500, 503])
     metrics: bool = False
-    # The Unix socket of the coordinator that keeps the shared state of several workers.
+    # Where rate-limit budgets and fault counters are shared with other replicas: a redis:// URL
+    # (redis_state.py); None keeps them to this server.
     state: str | None = None
+    # The Unix socket of the coordinator that keeps the shared state of several workers (set by server.py).
+    coordinator: str | None = None
     # Recording misses (upstream.py): the OpenAI-compatible base URL that answers them, the OpenAI chat
     # JSONL file they are appended to, and the key sent upstream.
     upstream: str | None = None

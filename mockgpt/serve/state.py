@@ -2,7 +2,8 @@
 
 ``State`` is what the request path sees of it, whichever keeps it. ``Local`` keeps it in the process: one
 worker uses it directly, and with several workers the coordinator (coordinator.py) keeps its one copy in
-one and serves it to the workers, each of which reaches it through a ``Remote`` of its own.
+one and serves it to the workers, each of which reaches it through a ``Remote`` of its own. With
+``--state``, replicas share the budgets and fault counters through Redis (redis_state.py).
 """
 
 from __future__ import annotations
@@ -20,11 +21,14 @@ import msgspec
 
 from mockgpt.errors import MockGPTError
 
-__all__ = ["Budgets", "Faults", "Gate", "Limits", "Local", "SharedStateError", "State", "Verdict"]
+__all__ = ["UNLIMITED", "Bucket", "Budgets", "Faults", "Gate", "Limits", "Local", "SharedStateError", "State", "Verdict", "judge"]
 
 
 class SharedStateError(MockGPTError):
     """The coordinator holding the server's shared state cannot be reached, or the connection to it broke."""
+
+    # The status of a request that meets it.
+    status = 500
 
 
 class Limits(msgspec.Struct, frozen=True):
@@ -88,7 +92,8 @@ class State(Protocol):
     async def fault_step(self, key: str) -> int:
         """How many requests carrying fault key ``key`` came before this one (0 for the first); counts this one.
 
-        Only the ``fault_keys`` keys used last are remembered: one forgotten starts again from 0.
+        Only the ``fault_keys`` keys used last are remembered (in Redis, those used in the last hour): one
+        forgotten starts again from 0.
         """
 
     async def close(self) -> None:
@@ -147,15 +152,16 @@ class Gate:
             self.leave()
 
 
-class _Bucket:
-    """A token bucket holding up to ``capacity``, refilled at ``capacity`` a minute."""
+class Bucket:
+    """A token bucket holding up to ``capacity`` (``level`` now, full if not given), refilled at ``capacity``
+    a minute."""
 
     __slots__ = ("capacity", "level", "rate", "stamp")
 
-    def __init__(self, capacity: int, now: float) -> None:
+    def __init__(self, capacity: int, now: float, level: float | None = None) -> None:
         self.capacity = capacity
         self.rate = capacity / 60
-        self.level = float(capacity)
+        self.level = float(capacity) if level is None else level
         self.stamp = now
 
     def refill(self, now: float) -> None:
@@ -176,7 +182,7 @@ class _Bucket:
 class _Account:
     __slots__ = ("requests", "tokens")
 
-    def __init__(self, requests: _Bucket | None, tokens: _Bucket | None) -> None:
+    def __init__(self, requests: Bucket | None, tokens: Bucket | None) -> None:
         self.requests = requests
         self.tokens = tokens
 
@@ -185,7 +191,7 @@ class _Account:
                    for bucket in (self.requests, self.tokens))
 
 
-_UNLIMITED = Verdict(True, None, None, None, None, None, None, None, 0.0)
+UNLIMITED = Verdict(True, None, None, None, None, None, None, None, 0.0)
 # Accounts are swept when there are this many, or twice as many as after the last sweep.
 _SWEEP_AT = 4096
 
@@ -207,18 +213,16 @@ class Budgets:
     def charge(self, key: str, tokens: int) -> Verdict:
         """As ``State.charge``."""
         if self._rpm is None and self._tpm is None:
-            return _UNLIMITED
+            return UNLIMITED
         now = self._clock()
         account = self._account(key, now)
         tokens = max(tokens, 0)
         wait_requests = _wait(account.requests, 1, now)
         wait_tokens = _wait(account.tokens, tokens, now)
-        allowed = not (wait_requests or wait_tokens)
-        if allowed:
+        if not (wait_requests or wait_tokens):
             _take(account.requests, 1)
             _take(account.tokens, tokens)
-        reason = None if allowed else "requests" if wait_requests else "tokens"
-        return _verdict(allowed, reason, account.requests, account.tokens, max(wait_requests, wait_tokens))
+        return judge(account.requests, account.tokens, wait_requests, wait_tokens)
 
     def _account(self, key: str, now: float) -> _Account:
         account = self._accounts.get(key)
@@ -235,11 +239,11 @@ class Budgets:
         self._sweep_at = max(_SWEEP_AT, 2 * len(self._accounts))
 
 
-def _bucket(limit: int | None, now: float) -> _Bucket | None:
-    return None if limit is None else _Bucket(limit, now)
+def _bucket(limit: int | None, now: float) -> Bucket | None:
+    return None if limit is None else Bucket(limit, now)
 
 
-def _wait(bucket: _Bucket | None, amount: int, now: float) -> float:
+def _wait(bucket: Bucket | None, amount: int, now: float) -> float:
     """Seconds until ``bucket`` holds ``amount``, as refilled ``now``; 0 without a bucket."""
     if bucket is None:
         return 0.0
@@ -247,16 +251,20 @@ def _wait(bucket: _Bucket | None, amount: int, now: float) -> float:
     return bucket.wait(amount)
 
 
-def _take(bucket: _Bucket | None, amount: int) -> None:
+def _take(bucket: Bucket | None, amount: int) -> None:
     if bucket is not None:
         bucket.level -= amount
 
 
-def _verdict(allowed: bool, reason: str | None, requests: _Bucket | None, tokens: _Bucket | None, wait: float) -> Verdict:
-    return Verdict(allowed, reason, *_report(requests), *_report(tokens), retry_after=wait)
+def judge(requests: Bucket | None, tokens: Bucket | None, wait_requests: float, wait_tokens: float) -> Verdict:
+    """The verdict of a charge that found it must wait these seconds for each budget, with the budgets as it
+    left them: allowed if it need not wait for either, and then taken from both."""
+    allowed = not (wait_requests or wait_tokens)
+    reason = None if allowed else "requests" if wait_requests else "tokens"
+    return Verdict(allowed, reason, *_report(requests), *_report(tokens), retry_after=max(wait_requests, wait_tokens))
 
 
-def _report(bucket: _Bucket | None) -> tuple[int | None, int | None, float | None]:
+def _report(bucket: Bucket | None) -> tuple[int | None, int | None, float | None]:
     """Limit, remaining and reset of one budget, as a verdict carries them."""
     if bucket is None:
         return None, None, None

@@ -133,9 +133,10 @@ class Traffic:
             try:
                 await self._answer(route, scope, receive, send)
             except SharedStateError as error:
-                # Before any response: the coordinator went away, as it does when the server stops.
+                # Before any response: the coordinator went away, as it does when the server stops, or
+                # the Redis of --state did.
                 logger.error("%s", error)
-                await send_error(send, 500, chat_render.error_body(str(error), "server_error"))
+                await send_error(send, error.status, chat_render.error_body(str(error), "server_error"))
         elif self.metrics is not None and scope["path"] == "/metrics":
             await self._metrics(scope["method"], send)
         else:
