@@ -373,3 +373,12 @@ def test_serve_of_a_cut_off_dataset_on_a_terminal_ends_the_bar_then_fails(trunca
     assert drawn and error and drawn.end() < error.start(), output
     assert error.group(1).startswith(f"Error: {truncated}: invalid JSON") and "mockgpt index --partial" in error.group(1)
     assert output.count("Error:") == 1 and SERVING not in output
+
+
+def test_export_requests_from_an_index_names_its_datasets(dataset: Path, tmp_path: Path) -> None:
+    index = tmp_path / "built.mgpt"
+    assert invoke("index", str(dataset), "-o", str(index), "-q")[0] == 0
+    code, output = invoke("export-requests", str(index), "-o", str(tmp_path / "out.jsonl"))
+    assert code == 1
+    assert output == f"Error: {index} is a mockgpt index, not a dataset: export requests from the dataset it was built from ({dataset.name})\n"
+    assert not (tmp_path / "out.jsonl").exists()

@@ -13,8 +13,10 @@ from typing import Any, NamedTuple
 
 import msgspec
 
-from mockgpt.errors import DatasetError
+from mockgpt.errors import DatasetError, IndexFormatError
 from mockgpt.index import canonical, dataset
+from mockgpt.index.fileformat import MAGIC
+from mockgpt.index.reader import Index
 
 __all__ = ["FORMATS", "Turn", "export", "sample", "turns"]
 
@@ -44,6 +46,7 @@ def turns(
     """
     done = 0
     for source in sources:
+        _not_an_index(source)
         progress = None if on_progress is None else (lambda n, done=done: on_progress(done + n))
         try:
             for item in dataset.read(source, on_progress=progress):
@@ -56,6 +59,21 @@ def turns(
         done += os.path.getsize(source)
         if on_progress is not None:
             on_progress(done)
+
+
+def _not_an_index(source: str | os.PathLike[str]) -> None:
+    """``DatasetError`` naming the datasets to read instead if ``source`` is an index file: an index keeps
+    its conversations' keys, not the messages a request is made of."""
+    with open(source, "rb") as file:
+        if file.read(len(MAGIC)) != MAGIC:
+            return
+    try:
+        with Index(source) as index:
+            built = ", ".join(index.meta.sources)
+    except IndexFormatError:
+        built = ""
+    hint = f" ({built})" if built else ""
+    raise DatasetError(f"{os.fspath(source)} is a mockgpt index, not a dataset: export requests from the dataset it was built from{hint}")
 
 
 def _turns(conversation: dataset.Conversation) -> Iterator[Turn]:
