@@ -60,6 +60,9 @@ class ChatCompletionRequest(Struct):
     max_tokens: Positive | None = None
     max_completion_tokens: Positive | None = None
     stop: Stop = None
+    # vLLM's extensions: go on past the recorded end, up to the token limit, or at least this far.
+    ignore_eos: bool | None = None
+    min_tokens: Annotated[int, Meta(ge=0)] | None = None
 
 
 class CompletionRequest(Struct):
@@ -73,6 +76,8 @@ class CompletionRequest(Struct):
     seed: Seed | None = None
     max_tokens: Positive | None = None
     stop: Stop = None
+    ignore_eos: bool | None = None
+    min_tokens: Annotated[int, Meta(ge=0)] | None = None
 
 
 class PromptTokensDetails(Struct, frozen=True, gc=False):

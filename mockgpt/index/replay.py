@@ -223,6 +223,24 @@ def cut(answer: Answer, max_tokens: int | None, stop: str | Sequence[str] | None
     return Cut(answer, _encode_text(text), tokens, reason, end)
 
 
+# The most tokens an answer is lengthened to: a model of a 128K context stops there whatever it is asked.
+LONGEST_ANSWER = 131_072
+
+
+def lengthened(answer: Answer, tokens: int) -> Answer:
+    """``answer`` gone on past its recorded end, its recorded text over again, until it holds at least
+    ``tokens`` tokens (at most ``LONGEST_ANSWER``), as a model asked not to stop before them: vLLM's
+    ``ignore_eos`` and ``min_tokens``. An answer with tool calls, or long enough, is as it is."""
+    recorded = len(answer.token_lengths)
+    if answer.tool_calls or not recorded or recorded >= tokens:
+        return answer
+    copies = -(-min(tokens, LONGEST_ANSWER) // recorded)
+    return msgspec.structs.replace(
+        answer, content=_encode_text(answer.text * copies), token_lengths=answer.token_lengths * copies,
+        completion_tokens=recorded * copies,
+    )
+
+
 def _with_calls(answer: Answer, text: str, tokens: int, end: int, max_tokens: int | None) -> Cut:
     """The whole text, and the tool calls that fit in ``max_tokens``."""
     kept: list[StoredCall] = []

@@ -147,7 +147,7 @@ class Service:
             tokens = answer.completion_tokens
             return Reply(_headers(answer, request_id), body, None, answer.prompt_tokens, tokens, None, tokens)
         max_tokens = request.max_completion_tokens or request.max_tokens
-        answers = self.replayer.choose(record, request.n or 1, request.seed, sent)
+        answers = _lengthened(self.replayer.choose(record, request.n or 1, request.seed, sent), request, max_tokens)
         cuts = [replay.cut(answer, max_tokens, request.stop) for answer in answers]
         id, created, headers = self._identity("chatcmpl-", request, cuts)
         limit = max_tokens * len(cuts) if max_tokens else None
@@ -164,6 +164,7 @@ class Service:
         return (
             not request.stream and (request.n or 1) == 1 and request.max_tokens is None
             and request.max_completion_tokens is None and not request.stop and not self.settings.deterministic
+            and request.min_tokens is None
         )
 
     def completion(self, request: CompletionRequest) -> Reply:
@@ -174,7 +175,7 @@ class Service:
             # A miss names the prompt, as the request does.
             field = "prompt" if isinstance(request.prompt, str) else f"prompt[{number}]"
             record = self.replayer.find([Message("user", prompt)], replay.Sent(field, "prompt", single=True))
-            answers = self.replayer.choose(record, request.n or 1, request.seed)
+            answers = _lengthened(self.replayer.choose(record, request.n or 1, request.seed), request, request.max_tokens)
             cuts += [replay.cut(answer, request.max_tokens, request.stop) for answer in answers]
             prompt_tokens += tokens.text_prompt_tokens(answers[0].prompt_tokens)
         id, created, headers = self._identity("cmpl-", request, cuts)
@@ -234,6 +235,13 @@ class Service:
             request_id = random_id()
             id, created = request_id[:29], int(time.time())
         return prefix + id, created, _headers(first, request_id)
+
+
+def _lengthened(answers: list[Answer], request: ChatCompletionRequest | CompletionRequest, max_tokens: int | None) -> list[Answer]:
+    """The answers gone on past their recorded ends as far as ``ignore_eos`` and ``min_tokens`` ask: with
+    ``ignore_eos``, past ``max_tokens``, so that the limit is what ends them."""
+    least = max(request.min_tokens or 0, max_tokens + 1 if request.ignore_eos and max_tokens else 0)
+    return [replay.lengthened(answer, least) for answer in answers] if least else answers
 
 
 def _reply(
