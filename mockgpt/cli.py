@@ -186,6 +186,7 @@ def _request_messages(body: bytes) -> list[canonical.Message]:
 @click.option("--fault-rate", envvar="MOCKGPT_FAULT_RATE", default=0.0, show_default=True, type=click.FloatRange(0, 1), help="Share of requests that fail at random.")
 @click.option("--fault-status", envvar="MOCKGPT_FAULT_STATUS", default="429,500,503", show_default=True, help="Statuses random faults draw from, comma-separated.")
 @click.option("--state", envvar="MOCKGPT_STATE", metavar="redis://HOST:PORT/DB", help="Keep the rate-limit budgets and fault-plan counters in this Redis, shared by every replica that names it (needs mockgpt[redis]).  [default: this server's own]")
+@click.option("--misses", envvar="MOCKGPT_MISSES", default="404", show_default=True, type=click.Choice(["404", "synthesize"]), help="A request the index does not hold: the 404, or a recorded answer drawn by the request's digest (the same request, the same answer), for benchmark tools' own prompts.")
 @click.option("--metrics", envvar="MOCKGPT_METRICS", is_flag=True, help="Count and time requests; GET /metrics serves Prometheus text.")
 @click.option("--upstream", envvar="MOCKGPT_UPSTREAM", help="Base URL of an OpenAI-compatible API (https://api.openai.com/v1) that answers the chat completions the index lacks; with --record.  [default: none, a miss is a 404]")
 @click.option("--record", envvar="MOCKGPT_RECORD", type=click.Path(dir_okay=False), help="OpenAI chat JSONL file that --upstream's answers are appended to; serve it with --index to replay them on the next start.")

@@ -115,6 +115,18 @@ class Index:
                 yield offset, _record.decode(self._blob(offset))
             slot = (slot + 1) & self._mask
 
+    def record_near(self, digest: bytes) -> tuple[int, Record] | None:
+        """The offset and record of the first key in the table at or after ``digest``'s slot: a record
+        drawn by a digest; None in an index of no keys."""
+        if not self.header.keys:
+            return None
+        slot = int.from_bytes(digest[:8], "little") & self._mask
+        while True:
+            _, offset = SLOT.unpack_from(self._view, self._table_offset + slot * SLOT.size)
+            if offset:
+                return offset, _record.decode(self._blob(offset))
+            slot = (slot + 1) & self._mask
+
     def record_at(self, offset: int) -> Record | None:
         """The record at ``offset`` (as ``locate`` gives it); None if no record is there."""
         if not HEADER.size <= offset < self._table_offset:

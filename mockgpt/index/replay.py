@@ -67,11 +67,11 @@ _CHAT = Sent()
 class Replayer:
     """Looks requests up in an index; ``ignore_system`` leaves system messages out of the key."""
 
-    def __init__(self, index: Index, *, ignore_system: bool = False) -> None:
+    def __init__(self, index: Index, *, ignore_system: bool = False, synthesize: bool = False) -> None:
         self.index = index
         self._skip = "system" if ignore_system else None
         # Only then are a request's tokens not all in the index: load the tokenizer now, not on a request.
-        self._tokenizer = tokens.Tokenizer() if ignore_system else None
+        self._tokenizer = tokens.Tokenizer() if ignore_system or synthesize else None
 
     def find(self, messages: Sequence[canonical.Message], sent: Sent = _CHAT) -> Record:
         """The record of request messages; ``BadRequest`` for an unknown role, ``ConversationNotFound``
@@ -92,6 +92,19 @@ class Replayer:
         if found is None:
             raise self._not_found(messages, parts, history, sent)
         return found
+
+    def stand_in(self, messages: Sequence[canonical.Message], history: bytes = b"") -> tuple[int, Record, int]:
+        """For messages that have no record (``locate`` found none): a record drawn by their digest, the
+        same for the same messages, with its offset, and the prompt tokens the messages hold beyond the
+        record's own (to give ``choose``)."""
+        parts = canonical.frame_parts(messages, _API_ROLES, self._skip)
+        found = self.index.record_near(canonical.digest(history + "".join(parts).encode("utf-8", "surrogatepass")))
+        if found is None:
+            raise self._not_found(messages, parts, history, _CHAT)
+        assert self._tokenizer is not None
+        counted = [self._tokenizer.count(canonical.text_of(message.content)) for message in messages]
+        offset, record = found
+        return offset, record, tokens.prompt_tokens(counted) - self.index.answer(record.answers[0]).prompt_tokens
 
     def choose(self, record: Record, n: int, seed: int | None, unkeyed_tokens: int = 0) -> list[Answer]:
         """``n`` answers: from the ``seed``-th (mod their number) or the first, cycling in dataset order.

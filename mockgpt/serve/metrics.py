@@ -81,7 +81,7 @@ class Metrics:
         self._completion_tokens = self._families.tokens.labels("completion")
 
     def request(self, route: str, status: int, outcome: str, seconds: float) -> None:
-        """Count a request answered with ``status`` and time it; ``outcome`` is hit, miss, fault (one asked
+        """Count a request answered with ``status`` and time it; ``outcome`` is hit, synthesized, miss, fault (one asked
         for), gone (its client left before the answer began) or error; none for other routes.
 
         ``route`` is the path without ``/v1``, from a fixed set: each distinct value is a new series.
@@ -143,7 +143,7 @@ class _Families:
         # registry=None: in multiprocess mode the exposition comes from the files, not a registry.
         self.requests = Counter(
             "mockgpt_requests_total",
-            "Requests answered, by route, status (499: the client left first) and outcome (hit, miss, fault, gone, error).",
+            "Requests answered, by route, status (499: the client left first) and outcome (hit, synthesized, miss, fault, gone, error).",
             ["route", "status", "outcome"], registry=None,
         )
         self.duration = Histogram(

@@ -14,11 +14,11 @@ from xxhash import xxh3_128_hexdigest
 
 from mockgpt.api import chat_render, embeddings, embeddings_render, responses, responses_render
 from mockgpt.api.chat import ChatCompletionRequest, CompletionRequest
-from mockgpt.errors import NotFound
+from mockgpt.errors import ConversationNotFound, NotFound
 from mockgpt.index import replay, tokens, vectors
 from mockgpt.index.canonical import Message
 from mockgpt.index.reader import Index
-from mockgpt.index.records import Answer
+from mockgpt.index.records import Answer, Record
 from mockgpt.serve.asgi import JSON_TYPE, Send, send_whole
 from mockgpt.serve.pacing import Timing
 from mockgpt.serve.state import Limits
@@ -40,6 +40,8 @@ class Settings(msgspec.Struct, kw_only=True):
     max_body: int = 32 << 20
     deterministic: bool = False
     ignore_system: bool = False
+    # "synthesize": a request the index does not hold gets a recorded answer drawn by its digest.
+    misses: str = "404"
     # Pacing (pacing.py).
     ttft_ms: float = 0.0
     itl_ms: float = 0.0
@@ -130,26 +132,30 @@ class Service:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.index = Index(settings.index)
-        self.replayer = replay.Replayer(self.index, ignore_system=settings.ignore_system)
+        self._synthesize = settings.misses == "synthesize"
+        self.replayer = replay.Replayer(self.index, ignore_system=settings.ignore_system, synthesize=self._synthesize)
         self.fingerprint = self.index.fingerprint
         self.response_ids = responses.ResponseIds(self.index)
         self._embedder: tuple[tokens.EmbeddingTokenizer, vectors.Embedder] | None = None
 
     def chat(self, request: ChatCompletionRequest) -> Reply:
-        record = self.replayer.find(request.messages)
+        try:
+            record, drawn = self.replayer.find(request.messages), None
+        except ConversationNotFound as miss:
+            _, record, drawn = self._stand_in(request.messages, miss)
         # The key left the request's system messages out, but its prompt holds them: count what was sent.
-        sent = self.replayer.system_tokens(request.messages) if self.settings.ignore_system else 0
+        sent = drawn if drawn is not None else self.replayer.system_tokens(request.messages) if self.settings.ignore_system else 0
         if self._whole_answer(request):
             answer = self.replayer.choose(record, 1, request.seed, sent)[0]
             request_id = random_id()
             id, created = "chatcmpl-" + request_id[:29], int(time.time())
             body = chat_render.chat_completion_whole(id, created, request.model, self.fingerprint, answer)
             tokens = answer.completion_tokens
-            return Reply(_headers(answer, request_id), body, None, answer.prompt_tokens, tokens, None, tokens)
+            return Reply(_headers(answer, request_id, drawn), body, None, answer.prompt_tokens, tokens, None, tokens)
         max_tokens = request.max_completion_tokens or request.max_tokens
         answers = _lengthened(self.replayer.choose(record, request.n or 1, request.seed, sent), request, max_tokens)
         cuts = [replay.cut(answer, max_tokens, request.stop) for answer in answers]
-        id, created, headers = self._identity("chatcmpl-", request, cuts)
+        id, created, headers = self._identity("chatcmpl-", request, cuts, drawn)
         limit = max_tokens * len(cuts) if max_tokens else None
         if request.stream:
             include_usage = bool(request.stream_options and request.stream_options.include_usage)
@@ -171,14 +177,20 @@ class Service:
         prompts = [request.prompt] if isinstance(request.prompt, str) else request.prompt
         cuts = []
         prompt_tokens = 0
+        drawn = None
         for number, prompt in enumerate(prompts):
             # A miss names the prompt, as the request does.
             field = "prompt" if isinstance(request.prompt, str) else f"prompt[{number}]"
-            record = self.replayer.find([Message("user", prompt)], replay.Sent(field, "prompt", single=True))
-            answers = _lengthened(self.replayer.choose(record, request.n or 1, request.seed), request, request.max_tokens)
+            messages = [Message("user", prompt)]
+            try:
+                record, extra = self.replayer.find(messages, replay.Sent(field, "prompt", single=True)), 0
+            except ConversationNotFound as miss:
+                _, record, extra = self._stand_in(messages, miss)
+                drawn = extra
+            answers = _lengthened(self.replayer.choose(record, request.n or 1, request.seed, extra), request, request.max_tokens)
             cuts += [replay.cut(answer, request.max_tokens, request.stop) for answer in answers]
             prompt_tokens += tokens.text_prompt_tokens(answers[0].prompt_tokens)
-        id, created, headers = self._identity("cmpl-", request, cuts)
+        id, created, headers = self._identity("cmpl-", request, cuts, drawn)
         limit = request.max_tokens * len(cuts) if request.max_tokens else None
         if request.stream:
             include_usage = bool(request.stream_options and request.stream_options.include_usage)
@@ -190,10 +202,13 @@ class Service:
     def responses(self, request: responses.CreateResponse) -> Reply:
         """A Responses API hit: the answer to its input, after the history of its ``previous_response_id``."""
         prompt = responses.prompt(request, self.response_ids)
-        offset, record = self.replayer.locate(prompt.messages, prompt.history, prompt.sent)
-        sent = self.replayer.system_tokens(prompt.messages) if self.settings.ignore_system else 0
+        try:
+            (offset, record), drawn = self.replayer.locate(prompt.messages, prompt.history, prompt.sent), None
+        except ConversationNotFound as miss:
+            offset, record, drawn = self._stand_in(prompt.messages, miss, prompt.history)
+        sent = drawn if drawn is not None else self.replayer.system_tokens(prompt.messages) if self.settings.ignore_system else 0
         cut = replay.cut(self.replayer.choose(record, 1, None, sent)[0], request.max_output_tokens, None)
-        unique, created, headers = self._identity("", request, [cut])
+        unique, created, headers = self._identity("", request, [cut], drawn)
         kept = cut.completion_tokens if cut.finish_reason == "length" else 0
         id = self.response_ids.make(responses.Served(offset, 0, kept, created, int(unique[:4], 16)))
         counts = cut.answer.prompt_tokens, cut.completion_tokens, request.max_output_tokens, cut.completion_tokens
@@ -222,8 +237,15 @@ class Service:
         served, record = found
         return responses_render.response_body(id, served.created, self.response_ids.cut(served, record), None)
 
+    def _stand_in(self, messages: list[Message], miss: ConversationNotFound, history: bytes = b"") -> tuple[int, Record, int]:
+        """With ``--misses synthesize``, a recorded answer's record for messages the index does not hold
+        (replay.Replayer.stand_in); else ``miss``, raised."""
+        if not self._synthesize:
+            raise miss
+        return self.replayer.stand_in(messages, history)
+
     def _identity(
-        self, prefix: str, request: msgspec.Struct, cuts: list[replay.Cut]
+        self, prefix: str, request: msgspec.Struct, cuts: list[replay.Cut], drawn: int | None = None
     ) -> tuple[str, int, list[tuple[bytes, bytes]]]:
         """The response's id, created time and headers; derived from request and answers if deterministic."""
         first = cuts[0].answer
@@ -234,7 +256,7 @@ class Service:
         else:
             request_id = random_id()
             id, created = request_id[:29], int(time.time())
-        return prefix + id, created, _headers(first, request_id)
+        return prefix + id, created, _headers(first, request_id, drawn)
 
 
 def _lengthened(answers: list[Answer], request: ChatCompletionRequest | CompletionRequest, max_tokens: int | None) -> list[Answer]:
@@ -264,13 +286,20 @@ async def send_error(send: Send, status: int, body: bytes, extra: list[tuple[byt
     await send_whole(send, status, [JSON_TYPE, request_id, *extra], body)
 
 
-def _headers(answer: Answer, request_id: str) -> list[tuple[bytes, bytes]]:
-    """The headers that name the recorded turn, and the request id."""
-    return [
+SYNTHESIZED = (b"x-mockgpt-synthesized", b"true")
+
+
+def _headers(answer: Answer, request_id: str, drawn: int | None = None) -> list[tuple[bytes, bytes]]:
+    """The headers that name the recorded turn, and the request id; and say so if the answer was drawn
+    for a request the index does not hold (``drawn`` not None)."""
+    headers = [
         (b"x-mockgpt-conversation-id", _header_value(answer.conversation_id)),
         (b"x-mockgpt-turn", b"%d" % answer.turn),
         (b"x-request-id", b"req_" + request_id.encode()),
     ]
+    if drawn is not None:
+        headers.append(SYNTHESIZED)
+    return headers
 
 
 def _header_value(text: str) -> bytes:

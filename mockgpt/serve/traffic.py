@@ -315,7 +315,7 @@ class Traffic:
         elif watch.fault:
             outcome = "fault"
         elif status < 400:
-            outcome = "hit" if answers else "none"
+            outcome = ("synthesized" if watch.synthesized else "hit") if answers else "none"
         else:
             outcome = "miss" if status == 404 and route in _REPLAYED else "error"
         self.metrics.request(route, status, outcome, now - watch.started)
@@ -325,7 +325,7 @@ class Traffic:
 
 class _Watch:
     """What a request sent: its status, when its first byte of body left, whether it streamed, whether it
-    was a fault asked for."""
+    was a fault asked for, whether its answer was drawn for a request the index does not hold."""
 
     def __init__(self, send: Send, started: float) -> None:
         self._send = send
@@ -334,6 +334,7 @@ class _Watch:
         self.first: float | None = None
         self.streamed = False
         self.fault = False
+        self.synthesized = False
 
     async def send(self, message: Any) -> None:
         if message["type"] == "http.response.start":
@@ -343,6 +344,8 @@ class _Watch:
                     self.streamed = value == b"text/event-stream"
                 elif name == b"x-mockgpt-fault":
                     self.fault = True
+                elif name == b"x-mockgpt-synthesized":
+                    self.synthesized = True
         elif self.first is None and message.get("body"):
             self.first = time.perf_counter()
         await self._send(message)
