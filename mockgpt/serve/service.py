@@ -12,11 +12,12 @@ from urllib.parse import quote
 import msgspec
 from xxhash import xxh3_128_hexdigest
 
-from mockgpt.api import chat_render, responses, responses_render
+from mockgpt.api import chat_render, messages_render, responses, responses_render
 from mockgpt.api.chat import ChatCompletionRequest, CompletionRequest
+from mockgpt.api.messages import CountTokens, CreateMessage, prompt
 from mockgpt.errors import NotFound
 from mockgpt.index import replay, tokens
-from mockgpt.index.canonical import Message
+from mockgpt.index.canonical import Message, calls_of, text_of
 from mockgpt.index.reader import Index
 from mockgpt.index.records import Answer
 from mockgpt.serve.asgi import JSON_TYPE, Send, send_whole
@@ -130,6 +131,8 @@ class Service:
         self.replayer = replay.Replayer(self.index, ignore_system=settings.ignore_system)
         self.fingerprint = self.index.fingerprint
         self.response_ids = responses.ResponseIds(self.index)
+        # Loaded on the first count_tokens request: no other request tokenizes.
+        self._tokenizer: tokens.Tokenizer | None = None
 
     def chat(self, request: ChatCompletionRequest) -> Reply:
         record = self.replayer.find(request.messages)
@@ -196,6 +199,34 @@ class Service:
             return Reply(headers, b"", responses_render.events(id, created, cut, request), *counts)
         return Reply(headers, responses_render.response_body(id, created, cut, request), None, *counts)
 
+    def messages(self, request: CreateMessage) -> Reply:
+        """An Anthropic Messages API hit: the answer to its messages, after its system prompt."""
+        asked = prompt(request)
+        record = self.replayer.find(asked.messages, asked.sent)
+        sent = self.replayer.system_tokens(asked.messages) if self.settings.ignore_system else 0
+        answer = self.replayer.choose(record, 1, None, sent)[0]
+        # max_tokens is required: one the whole answer fits in cuts nothing, and need not be counted out.
+        limit = None if request.max_tokens >= answer.completion_tokens else request.max_tokens
+        stops = request.stop_sequences or ()
+        cut = replay.cut(answer, limit, stops)
+        unique, _, headers = self._identity("", request, [cut], b"request-id")
+        id = "msg_" + unique[:24]
+        counts = answer.prompt_tokens, cut.completion_tokens, request.max_tokens, cut.completion_tokens
+        if request.stream:
+            return Reply(headers, b"", messages_render.events(id, request.model, cut, stops), *counts)
+        return Reply(headers, messages_render.message_body(id, request.model, cut, stops), None, *counts)
+
+    def count_tokens(self, request: CountTokens) -> int:
+        """The prompt tokens of a Messages API request's messages, as a chat prompt of them counts: o200k
+        tokens of each message's text and tool calls, and the framing of each."""
+        if self._tokenizer is None:
+            self._tokenizer = tokens.Tokenizer()
+        count = self._tokenizer.count
+        return tokens.prompt_tokens([
+            count(text_of(message.content)) + sum(count(call.name) + count(call.arguments) for call in calls_of(message))
+            for message in prompt(request).messages
+        ])
+
     def retrieve(self, id: str) -> bytes:
         """The response object of a response id, as it was served (with the defaults for the request's
         settings, which the id does not hold); ``NotFound`` if it is not one of this index's."""
@@ -206,7 +237,7 @@ class Service:
         return responses_render.response_body(id, served.created, self.response_ids.cut(served, record), None)
 
     def _identity(
-        self, prefix: str, request: msgspec.Struct, cuts: list[replay.Cut]
+        self, prefix: str, request: msgspec.Struct, cuts: list[replay.Cut], request_id_header: bytes = b"x-request-id"
     ) -> tuple[str, int, list[tuple[bytes, bytes]]]:
         """The response's id, created time and headers; derived from request and answers if deterministic."""
         first = cuts[0].answer
@@ -217,7 +248,7 @@ class Service:
         else:
             request_id = random_id()
             id, created = request_id[:29], int(time.time())
-        return prefix + id, created, _headers(first, request_id)
+        return prefix + id, created, _headers(first, request_id, request_id_header)
 
 
 def _reply(
@@ -233,19 +264,21 @@ def random_id() -> str:
     return f"{getrandbits(128):032x}"
 
 
-async def send_error(send: Send, status: int, body: bytes, extra: list[tuple[bytes, bytes]] = []) -> None:
+async def send_error(
+    send: Send, status: int, body: bytes, extra: list[tuple[bytes, bytes]] = [], request_id_header: bytes = b"x-request-id"
+) -> None:
     """An error response the layers in front of the app send themselves: ``body`` with a request id of its
-    own, and ``extra`` headers."""
-    request_id = (b"x-request-id", b"req_" + random_id().encode())
+    own (in ``request_id_header``), and ``extra`` headers."""
+    request_id = (request_id_header, b"req_" + random_id().encode())
     await send_whole(send, status, [JSON_TYPE, request_id, *extra], body)
 
 
-def _headers(answer: Answer, request_id: str) -> list[tuple[bytes, bytes]]:
-    """The headers that name the recorded turn, and the request id."""
+def _headers(answer: Answer, request_id: str, request_id_header: bytes = b"x-request-id") -> list[tuple[bytes, bytes]]:
+    """The headers that name the recorded turn, and the request id (in the header the API names it in)."""
     return [
         (b"x-mockgpt-conversation-id", _header_value(answer.conversation_id)),
         (b"x-mockgpt-turn", b"%d" % answer.turn),
-        (b"x-request-id", b"req_" + request_id.encode()),
+        (request_id_header, b"req_" + request_id.encode()),
     ]
 
 
