@@ -74,7 +74,7 @@ class SystemBlock(Struct, gc=False):
     text: str
 
 
-class ToolChoice(Struct, frozen=True, gc=False):
+class MessageToolChoice(Struct, frozen=True, gc=False):
     type: Literal["auto", "any", "tool", "none"]
     name: str | UnsetType = UNSET
     disable_parallel_tool_use: bool | UnsetType = UNSET
@@ -117,7 +117,7 @@ class CountTokens(Struct, kw_only=True, gc=False):
     messages: list[InputMessage]
     system: str | list[SystemBlock] | UnsetType = UNSET
     tools: list[Tool] | UnsetType = UNSET
-    tool_choice: ToolChoice | UnsetType = UNSET
+    tool_choice: MessageToolChoice | UnsetType = UNSET
     thinking: Thinking | UnsetType = UNSET
 
 

@@ -18,7 +18,7 @@ from mockgpt.api.responses_render import steps
 from mockgpt.index import replay
 from mockgpt.index.records import StoredCall
 
-__all__ = ["ErrorBody", "Message", "error_body", "error_type", "events", "message", "message_body", "model", "models", "stop_reason"]
+__all__ = ["ErrorResponse", "MessageObject", "error_body", "error_type", "events", "message", "message_body", "model", "models", "stop_reason"]
 
 _encode = msgspec.json.Encoder().encode
 _EMPTY_INPUT = msgspec.Raw(b"{}")
@@ -35,7 +35,7 @@ class ToolUseBlock(Struct, kw_only=True, tag_field="type", tag="tool_use", gc=Fa
     input: msgspec.Raw
 
 
-class Usage(Struct, kw_only=True, gc=False):
+class MessageUsage(Struct, kw_only=True, gc=False):
     input_tokens: int
     cache_creation_input_tokens: int = 0
     cache_read_input_tokens: int = 0
@@ -45,7 +45,7 @@ class Usage(Struct, kw_only=True, gc=False):
 StopReason = Literal["end_turn", "max_tokens", "stop_sequence", "tool_use"]
 
 
-class Message(Struct, kw_only=True, gc=False):
+class MessageObject(Struct, kw_only=True, gc=False):
     id: str
     type: Literal["message"] = "message"
     role: Literal["assistant"] = "assistant"
@@ -53,7 +53,7 @@ class Message(Struct, kw_only=True, gc=False):
     content: list[TextBlock | ToolUseBlock]
     stop_reason: StopReason | None
     stop_sequence: str | None = None
-    usage: Usage
+    usage: MessageUsage
 
 
 def stop_reason(cut: replay.Cut, stop_sequences: Sequence[str]) -> tuple[StopReason, str | None]:
@@ -70,10 +70,10 @@ def stop_reason(cut: replay.Cut, stop_sequences: Sequence[str]) -> tuple[StopRea
     return "end_turn", None
 
 
-def message(id: str, model: str, cut: replay.Cut, stop_sequences: Sequence[str]) -> Message:
+def message(id: str, model: str, cut: replay.Cut, stop_sequences: Sequence[str]) -> MessageObject:
     """The message object of ``cut`` served as ``id``."""
     reason, sequence = stop_reason(cut, stop_sequences)
-    return Message(id=id, model=model, content=_content(cut), stop_reason=reason, stop_sequence=sequence, usage=_usage(cut))
+    return MessageObject(id=id, model=model, content=_content(cut), stop_reason=reason, stop_sequence=sequence, usage=_usage(cut))
 
 
 def message_body(id: str, model: str, cut: replay.Cut, stop_sequences: Sequence[str]) -> bytes:
@@ -86,9 +86,9 @@ def message_body(id: str, model: str, cut: replay.Cut, stop_sequences: Sequence[
 
 _D, _S, _QS = msgspec.Raw(b"%d"), msgspec.Raw(b"%s"), msgspec.Raw(b'"%s"')
 _WHOLE_TEXT = _encode(
-    Message(
+    MessageObject(
         id=_QS, model=_S, content=[TextBlock(text=_S)], stop_reason="end_turn",  # type: ignore[arg-type]
-        usage=Usage(input_tokens=_D, output_tokens=_D),  # type: ignore[arg-type]
+        usage=MessageUsage(input_tokens=_D, output_tokens=_D),  # type: ignore[arg-type]
     )
 )
 
@@ -114,8 +114,8 @@ def _is_object(call: StoredCall) -> bool:
         return False
 
 
-def _usage(cut: replay.Cut) -> Usage:
-    return Usage(input_tokens=cut.answer.prompt_tokens, output_tokens=cut.completion_tokens)
+def _usage(cut: replay.Cut) -> MessageUsage:
+    return MessageUsage(input_tokens=cut.answer.prompt_tokens, output_tokens=cut.completion_tokens)
 
 
 # The events of a stream.
@@ -126,7 +126,7 @@ class _Event(Struct, kw_only=True, tag_field="type", gc=False):
 
 
 class MessageStart(_Event, kw_only=True, tag="message_start"):
-    message: Message
+    message: MessageObject
 
 
 class BlockStart(_Event, kw_only=True, tag="content_block_start"):
@@ -185,7 +185,7 @@ def events(id: str, model: str, cut: replay.Cut, stop_sequences: Sequence[str]) 
 
 def _events(id: str, model: str, cut: replay.Cut, stop_sequences: Sequence[str]) -> Iterator[tuple[bool, _Event]]:
     done = message(id, model, cut, stop_sequences)
-    usage = Usage(input_tokens=done.usage.input_tokens, output_tokens=0)
+    usage = MessageUsage(input_tokens=done.usage.input_tokens, output_tokens=0)
     started = msgspec.structs.replace(done, content=[], stop_reason=None, stop_sequence=None, usage=usage)
     yield False, MessageStart(message=started)
     calls = iter(cut.calls)
@@ -225,13 +225,13 @@ _ERROR_TYPES = {
 }
 
 
-class ErrorDetail(Struct, gc=False):
+class ErrorObject(Struct, gc=False):
     type: str
     message: str
 
 
-class ErrorBody(Struct, tag_field="type", tag="error", gc=False):
-    error: ErrorDetail
+class ErrorResponse(Struct, tag_field="type", tag="error", gc=False):
+    error: ErrorObject
 
 
 def error_type(status: int) -> str:
@@ -240,7 +240,7 @@ def error_type(status: int) -> str:
 
 def error_body(status: int, message: str) -> bytes:
     """The body of every error of this API: ``{"type": "error", "error": {"type", "message"}}``."""
-    return _encode(ErrorBody(ErrorDetail(error_type(status), message)))
+    return _encode(ErrorResponse(ErrorObject(error_type(status), message)))
 
 
 # Models.

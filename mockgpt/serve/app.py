@@ -237,7 +237,7 @@ async def retrieve_response(response_id: str, request: Request[Any, Any, Any]) -
 
 
 _ANTHROPIC_ERRORS = {
-    status: ResponseSpec(data_container=messages_render.ErrorBody, description=spec.description) for status, spec in _ERRORS.items()
+    status: ResponseSpec(data_container=messages_render.ErrorResponse, description=spec.description) for status, spec in _ERRORS.items()
 }
 
 
@@ -250,7 +250,7 @@ _ANTHROPIC_ERRORS = {
         " server-sent events, one token a `content_block_delta`."
     ),
     responses={
-        200: ResponseSpec(data_container=messages_render.Message, description="The recorded answer", generate_examples=False),
+        200: ResponseSpec(data_container=messages_render.MessageObject, description="The recorded answer", generate_examples=False),
         **_ANTHROPIC_ERRORS,
     },
     status_code=200,
@@ -259,7 +259,7 @@ async def create_message(data: CreateMessage, request: Request[Any, Any, Any]) -
     return _reply(request.app.state.service.messages(data))
 
 
-class _TokenCount(msgspec.Struct):
+class TokenCount(msgspec.Struct):
     input_tokens: int
 
 
@@ -271,8 +271,8 @@ class _TokenCount(msgspec.Struct):
     responses={**_ANTHROPIC_ERRORS},
     status_code=200,
 )
-async def count_tokens(data: CountTokens, request: Request[Any, Any, Any]) -> _TokenCount:
-    return _TokenCount(request.app.state.service.count_tokens(data))
+async def count_tokens(data: CountTokens, request: Request[Any, Any, Any]) -> TokenCount:
+    return TokenCount(request.app.state.service.count_tokens(data))
 
 
 @get(
