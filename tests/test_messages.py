@@ -20,6 +20,7 @@ from anthropic.types import Message, MessageTokensCount, ModelInfo, RawMessageSt
 
 from mockgpt.api.messages import CreateMessage, prompt
 from mockgpt.index import canonical
+from mockgpt.serve.upstream import MessageStream, message_answers
 from mockgpt.testing import MockServer
 
 from .test_tools import ASK, CALLS, ENCODING, FINAL, LOOP, MIXED, RESULTS
@@ -329,3 +330,68 @@ def test_busy_stream_with_tools(busy: MockServer) -> None:
     assert [event["content_block"]["name"] for event in seen if event["type"] == "content_block_start"] == ["get_weather"] * 2
     with anthropic.Anthropic(base_url=busy.base_url.removesuffix("/v1"), api_key="t", max_retries=0) as client:
         assert create(client, messages=[user("Hello!")]).content[0].text == HELLO  # type: ignore[union-attr]
+
+
+# Recording from an Anthropic-compatible upstream.
+
+SECRET = "sk-ant-upstream-secret-8f14e45fceea167a"
+
+
+def test_misses_are_recorded_from_an_anthropic_upstream_and_replayed(index: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    record = tmp_path / "fixtures.jsonl"
+    # The Anthropic API's key for its misses; the OpenAI API's would not do.
+    monkeypatch.setenv("ANTHROPIC_API_KEY", SECRET)
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-openai-other")
+    monkeypatch.delenv("MOCKGPT_UPSTREAM_API_KEY", raising=False)
+    with MockServer(index, api_key=SECRET) as upstream:
+        with MockServer(record, upstream=upstream.base_url, record=record) as recorder:
+            with anthropic.Anthropic(base_url=recorder.url, api_key="local", max_retries=0) as client:
+                assert create(client, messages=[user("Hello!")]).content[0].text == HELLO  # type: ignore[union-attr]
+                with client.messages.stream(model="m", max_tokens=1024, system=SYSTEM, messages=[user(QUESTION)]) as stream:
+                    called = stream.get_final_message()
+                # An upstream error goes to the client, and nothing is recorded.
+                with pytest.raises(anthropic.NotFoundError):
+                    client.messages.create(model="m", max_tokens=10, messages=[user("Not recorded upstream either")])
+    assert [block.input for block in called.content] == [json.loads(call["function"]["arguments"]) for call in CALLS]  # type: ignore[union-attr]
+    recorded = [json.loads(line) for line in record.read_text(encoding="utf-8").splitlines()]
+    assert recorded[0] == {"messages": [user("Hello!"), {"role": "assistant", "content": HELLO}]}
+    *asked, answer = recorded[1]["messages"]
+    assert asked == [{"role": "system", "content": SYSTEM}, user(QUESTION)] and answer["content"] is None and len(recorded) == 2
+    # The streamed input as the upstream wrote it, token by token.
+    calls = [(call["id"], call["type"], call["function"]["name"], call["function"]["arguments"]) for call in answer["tool_calls"]]
+    assert calls == [("toolu_" + call["id"], "function", call["function"]["name"], call["function"]["arguments"]) for call in CALLS]
+    assert SECRET not in record.read_text(encoding="utf-8") and SECRET not in recorder.output
+    # Replayed on the next start, through either API.
+    with MockServer(record) as replaying:
+        with anthropic.Anthropic(base_url=replaying.url, api_key="local", max_retries=0) as client:
+            again = create(client, system=SYSTEM, messages=[user(QUESTION)])
+        assert [(block.name, block.input) for block in again.content] == [(block.name, block.input) for block in called.content]  # type: ignore[union-attr]
+        chat = httpx.post(f"{replaying.base_url}/chat/completions", json={"model": "m", "messages": [user("Hello!")]}).json()
+        assert chat["choices"][0]["message"]["content"] == HELLO
+
+
+def test_an_unreachable_upstream_is_a_502_of_this_api(index: Path, tmp_path: Path) -> None:
+    options = dict(upstream="http://127.0.0.1:9/v1", record=tmp_path / "fixtures.jsonl")
+    with MockServer(tmp_path / "fixtures.jsonl", **options) as recorder:  # type: ignore[arg-type]
+        response = httpx.post(f"{recorder.base_url}/messages", json={"model": "m", "max_tokens": 5, "messages": [user("Hi")]})
+    assert response.status_code == 502 and response.json()["error"]["type"] == "api_error"
+    assert response.json()["error"]["message"].startswith("The upstream endpoint could not be reached")
+
+
+def test_a_recorded_stream_is_put_together_whatever_its_cuts(server: MockServer) -> None:
+    request = {"model": "m", "max_tokens": 1024, "system": SYSTEM, "messages": [user(QUESTION)]}
+    whole = httpx.post(f"{server.base_url}/messages", json=request).content
+    streamed = httpx.post(f"{server.base_url}/messages", json={**request, "stream": True}).content
+    (expected,) = message_answers(whole)
+    for size in [1, 7, 64, len(streamed)]:
+        stream = MessageStream()
+        for start in range(0, len(streamed), size):
+            stream.feed(streamed[start : start + size])
+        (answer,) = stream.answers()
+        assert answer.content is None and answer.tool_calls is not None and expected.tool_calls is not None
+        assert [(call.id, call.function.name, json.loads(call.function.arguments)) for call in answer.tool_calls] == [
+            (call.id, call.function.name, json.loads(call.function.arguments)) for call in expected.tool_calls
+        ]
+    broken = MessageStream()
+    broken.feed(streamed[:200] + b'event: error\ndata: {"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}}\n\n')
+    assert broken.answers() == []

@@ -59,11 +59,14 @@ class Settings(msgspec.Struct, kw_only=True):
     metrics: bool = False
     # The Unix socket of the coordinator that keeps the shared state of several workers.
     state: str | None = None
-    # Recording misses (upstream.py): the OpenAI-compatible base URL that answers them, the OpenAI chat
-    # JSONL file they are appended to, and the key sent upstream.
+    # Recording misses (upstream.py): the base URL that answers them (OpenAI-compatible, and
+    # Anthropic-compatible for Messages API misses), the OpenAI chat JSONL file they are appended to, and
+    # the keys sent upstream.
     upstream: str | None = None
     record: str | None = None
     upstream_api_key: str | None = None
+    # The key sent to an Anthropic-compatible upstream, as x-api-key, for Messages API misses.
+    upstream_anthropic_api_key: str | None = None
 
     @classmethod
     def from_env(cls) -> Settings:
