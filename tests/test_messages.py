@@ -23,6 +23,7 @@ from mockgpt.index import canonical
 from mockgpt.serve.upstream import MessageStream, message_answers
 from mockgpt.testing import MockServer
 
+from .test_growth import assert_linear
 from .test_tools import ASK, CALLS, ENCODING, FINAL, LOOP, MIXED, RESULTS
 
 # The official client's behaviour: CI runs these against the oldest supported anthropic release too.
@@ -218,7 +219,8 @@ def test_count_tokens(claude: anthropic.Anthropic, server: MockServer) -> None:
         counted = conforms(raw.http_response.json(), MessageTokensCount)
         assert counted.input_tokens == create(claude, **body).usage.input_tokens
     # Any messages are counted, recorded or not.
-    assert claude.messages.count_tokens(model="m", messages=[user("Not recorded at all")]).input_tokens == 8 + tokens("Not recorded at all") - 1
+    # A message's text, 3 tokens of framing and 1 of its role, and 3 that prime the reply.
+    assert claude.messages.count_tokens(model="m", messages=[user("Not recorded at all")]).input_tokens == tokens("Not recorded at all") + 7
 
 
 def test_a_miss(claude: anthropic.Anthropic) -> None:
@@ -395,3 +397,57 @@ def test_a_recorded_stream_is_put_together_whatever_its_cuts(server: MockServer)
     broken = MessageStream()
     broken.feed(streamed[:200] + b'event: error\ndata: {"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}}\n\n')
     assert broken.answers() == []
+
+
+GOOD = {"model": "m", "max_tokens": 5, "messages": [user("Hello!")]}
+ERRORS = [
+    # (what, method, path, body, headers, status, error type)
+    ("malformed JSON", "POST", "/v1/messages", b'{"model": "m", "messages": [', {}, 400, "invalid_request_error"),
+    ("not an object", "POST", "/v1/messages", b"[1, 2]", {}, 400, "invalid_request_error"),
+    ("missing model", "POST", "/v1/messages", json.dumps({"max_tokens": 5, "messages": []}), {}, 400, "invalid_request_error"),
+    ("count without messages", "POST", "/v1/messages/count_tokens", json.dumps({"model": "m"}), {}, 400, "invalid_request_error"),
+    ("no key", "POST", "/v1/messages", json.dumps(GOOD), {"x-api-key": ""}, 401, "authentication_error"),
+    ("wrong key", "POST", "/messages", json.dumps(GOOD), {"x-api-key": "sk-nope"}, 401, "authentication_error"),
+    ("miss", "POST", "/v1/messages", json.dumps({**GOOD, "messages": [user("Bye!")]}), {}, 404, "not_found_error"),
+    ("wrong method", "GET", "/v1/messages", None, {}, 405, "invalid_request_error"),
+    ("body too large", "POST", "/v1/messages", json.dumps({**GOOD, "metadata": {"user_id": "x" * 70_000}}), {}, 413, "request_too_large"),
+    ("invalid fault header", "POST", "/v1/messages", json.dumps(GOOD), {"x-mockgpt-fault": "sometimes"}, 400, "invalid_request_error"),
+    ("headers too large", "POST", "/v1/messages", json.dumps({**GOOD, "stream": True}), {"x-big": "x" * 70_000}, 431, "invalid_request_error"),
+]
+
+
+@pytest.fixture(scope="module")
+def keyed(index: Path) -> Iterator[MockServer]:
+    with MockServer(index, api_key="sk-test", max_body=64 * 1024) as server:
+        yield server
+
+
+@pytest.mark.parametrize("what, method, path, body, headers, status, type", ERRORS, ids=[case[0] for case in ERRORS])
+def test_every_error_in_this_apis_shape(
+    keyed: MockServer, what: str, method: str, path: str, body: Any, headers: dict[str, str], status: int, type: str
+) -> None:
+    sent = {"x-api-key": "sk-test", "anthropic-version": "2023-06-01", "content-type": "application/json", **headers}
+    response = httpx.request(method, f"{keyed.url}{path}", content=body, headers={k: v for k, v in sent.items() if v}, timeout=30)
+    assert response.status_code == status and response.headers["request-id"].startswith("req_") and "x-request-id" not in response.headers
+    assert list(response.json()) == ["type", "error"] and list(response.json()["error"]) == ["type", "message"]
+    error = conforms(response.json(), anthropic.types.ErrorResponse) if type != "request_too_large" else None
+    assert response.json()["error"]["type"] == type and response.json()["error"]["message"]
+    assert error is None or error.error.type == type
+
+
+# Cost follows size.
+
+
+def test_many_blocks_and_stop_sequences_cost_time_linear_in_their_size(server: MockServer) -> None:
+    def blocks(n: int) -> dict[str, Any]:
+        results = [{"type": "tool_result", "tool_use_id": "t", "content": [{"type": "text", "text": "x"}]} for _ in range(n)]
+        calls = [{"type": "tool_use", "id": "t", "name": "f", "input": {"a": [1]}} for _ in range(n)]
+        return {**GOOD, "messages": [user(results), {"role": "assistant", "content": calls}, user([{"type": "text", "text": "x"}] * n)]}
+
+    assert_linear(server, "/messages", blocks, 20_000)
+    assert_linear(server, "/messages", stops, 50_000, status=200)
+
+
+def stops(n: int) -> dict[str, Any]:
+    """Stop sequences that the story's text holds the first characters of, asked of the story: a hit."""
+    return {**GOOD, "max_tokens": 1024, "messages": [user("Tell me a story.")], "stop_sequences": [f"A fox{i}" for i in range(n)]}

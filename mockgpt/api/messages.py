@@ -12,6 +12,7 @@ id, ``cache_control`` or ``is_error`` count for nothing, as images do in chat.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Annotated, Any, Literal
 
 import msgspec
@@ -20,7 +21,7 @@ from msgspec import UNSET, Meta, Struct, UnsetType
 from mockgpt.errors import BadRequest
 from mockgpt.index import canonical, replay
 
-__all__ = ["Block", "CountTokens", "CreateMessage", "InputMessage", "Prompt", "ResultBlock", "SystemBlock", "prompt"]
+__all__ = ["Block", "CountTokens", "CreateMessage", "InputMessage", "Prompt", "ResultBlock", "SystemBlock", "occurring", "prompt"]
 
 BlockType = Literal[
     "text", "image", "document", "search_result", "tool_use", "tool_result", "thinking", "redacted_thinking",
@@ -217,3 +218,20 @@ _encode = msgspec.json.Encoder().encode
 
 def _json(input: dict[str, Any]) -> str:
     return _encode(input).decode()
+
+
+# How many characters of a stop sequence are looked up before it is looked for.
+_HEAD = 4
+
+
+def occurring(text: str, sequences: Sequence[str]) -> Sequence[str]:
+    """Those of ``sequences`` that occur in ``text``, each once; a few are returned as they are.
+
+    The API sets no bound on their number: each is looked for in full only if its first four characters
+    occur in ``text``, so that many sequences cost time in proportion to their size, not to their
+    number times the text's length.
+    """
+    if len(sequences) <= _HEAD:
+        return sequences
+    heads = {text[start : start + size] for size in range(1, _HEAD + 1) for start in range(len(text) - size + 1)}
+    return [s for s in dict.fromkeys(sequences) if s[:_HEAD] in heads and (len(s) <= _HEAD or s in text)]

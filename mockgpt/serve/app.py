@@ -270,8 +270,10 @@ class TokenCount(msgspec.Struct):
     description="The o200k tokens of the messages and the system prompt, counted as a chat prompt of them.",
     responses={**_ANTHROPIC_ERRORS},
     status_code=200,
+    # In a thread: the first count loads the tokenizer, which takes a second or two.
+    sync_to_thread=True,
 )
-async def count_tokens(data: CountTokens, request: Request[Any, Any, Any]) -> TokenCount:
+def count_tokens(data: CountTokens, request: Request[Any, Any, Any]) -> TokenCount:
     return TokenCount(request.app.state.service.count_tokens(data))
 
 

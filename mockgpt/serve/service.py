@@ -14,7 +14,7 @@ from xxhash import xxh3_128_hexdigest
 
 from mockgpt.api import chat_render, messages_render, responses, responses_render
 from mockgpt.api.chat import ChatCompletionRequest, CompletionRequest
-from mockgpt.api.messages import CountTokens, CreateMessage, prompt
+from mockgpt.api.messages import CountTokens, CreateMessage, occurring, prompt
 from mockgpt.errors import NotFound
 from mockgpt.index import replay, tokens
 from mockgpt.index.canonical import Message, calls_of, text_of
@@ -210,7 +210,7 @@ class Service:
         answer = self.replayer.choose(record, 1, None, sent)[0]
         # max_tokens is required: one the whole answer fits in cuts nothing, and need not be counted out.
         limit = None if request.max_tokens >= answer.completion_tokens else request.max_tokens
-        stops = request.stop_sequences or ()
+        stops = occurring(answer.text, request.stop_sequences) if request.stop_sequences else ()
         cut = replay.cut(answer, limit, stops)
         unique, _, headers = self._identity("", request, [cut], b"request-id")
         id = "msg_" + unique[:24]

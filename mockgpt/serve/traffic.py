@@ -1,7 +1,9 @@
 """A busy server: faults, rate limits, capacity and pacing, with metrics, in front of the app.
 
 ``create_app`` puts ``Traffic`` in front of the Litestar app in place of ``FastPath`` when one of these
-options is set. It answers every chat, legacy completion and Responses API hit itself, in this order:
+options is set. It answers every hit of the APIs in ``apis.APIS`` (chat, legacy completions, the
+Responses API, the Anthropic Messages API) itself, each API's errors and limits in its own words, in this
+order:
 
 1. the request is looked up, then charged to its API key's rate limits, as the real API does first (every
    request counts; a miss, or a request whose ``x-mockgpt-`` headers are invalid, charges no tokens);
