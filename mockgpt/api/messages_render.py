@@ -18,7 +18,9 @@ from mockgpt.api.responses_render import steps
 from mockgpt.index import replay
 from mockgpt.index.records import StoredCall
 
-__all__ = ["ErrorResponse", "MessageObject", "error_body", "error_type", "events", "message", "message_body", "model", "models", "stop_reason"]
+__all__ = [
+    "ErrorResponse", "MessageObject", "error_body", "error_type", "events", "message", "message_body", "model", "models", "stop_reason",
+]
 
 _encode = msgspec.json.Encoder().encode
 _EMPTY_INPUT = msgspec.Raw(b"{}")

@@ -3,9 +3,10 @@
 ``create_app`` is a factory: uvicorn workers call it with no arguments and it reads its settings from
 ``MOCKGPT_*`` environment variables. Every route is served with and without the ``/v1`` prefix.
 
-A ``POST /v1/chat/completions``, ``/v1/responses`` or ``/v1/messages`` that is not streamed, the request a load test
-sends most, is answered by ``FastPath`` (fastpath.py) in front of the Litestar app when it is a valid
-request: a hit, or a miss with this app's own error. Any other request goes to Litestar untouched.
+A ``POST /v1/chat/completions``, ``/v1/responses`` or ``/v1/messages`` that is not streamed, the request
+a load test sends most, is answered by ``FastPath`` (fastpath.py) in front of the Litestar app when it is
+a valid request: a hit, or a miss with this app's own error. Any other request goes to Litestar untouched.
+Errors leave in the shape of their route's API (``apis.wire_of``).
 """
 
 from __future__ import annotations

@@ -284,7 +284,8 @@ class Traffic:
             extra = [*extra, (b"retry-after-ms", b"%d" % math.ceil(wait * 1000)), (b"retry-after", b"%d" % math.ceil(wait))]
         message = _rate_limit_message(verdict, tokens, _model(body))
         wire = api.wire
-        await send_error(send, 429, wire.error(429, message, verdict.reason or "requests", None, "rate_limit_exceeded"), extra, wire.request_id)
+        body = wire.error(429, message, verdict.reason or "requests", None, "rate_limit_exceeded")
+        await send_error(send, 429, body, extra, wire.request_id)
 
     async def _overloaded(self, api: Api, send: Send, extra: list[tuple[bytes, bytes]]) -> None:
         if self.metrics:

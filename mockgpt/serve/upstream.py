@@ -280,7 +280,9 @@ def message_answers(body: bytes) -> list[Answer]:
     """The answer of an Anthropic message body, as the chat answer it stands for; ``DecodeError`` if it is not one."""
     blocks = _decode_message(body).content
     text = "".join(block.text for block in blocks if block.type == "text")
-    calls = [ToolCall(block.id, "function", Function(block.name, _encode(block.input).decode())) for block in blocks if block.type == "tool_use"]
+    calls = [
+        ToolCall(block.id, "function", Function(block.name, _encode(block.input).decode())) for block in blocks if block.type == "tool_use"
+    ]
     return [Answer("assistant", text if text or not calls else None, calls or None)]
 
 
