@@ -56,7 +56,7 @@ from mockgpt.serve.state import SharedStateError, State, Verdict
 __all__ = ["Traffic"]
 
 _ANSWERED = frozenset(api.route for api in APIS.values())
-_KNOWN = {"/models", "/health", "/metrics", "/docs"}
+_KNOWN = {"/models", "/health", "/metrics", "/docs", "/messages/count_tokens"}
 _STREAM_HEADERS = [(b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache")]
 TTFT, ITL = "x-mockgpt-ttft-ms", "x-mockgpt-itl-ms"
 
