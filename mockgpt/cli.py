@@ -11,6 +11,7 @@ from typing import Any
 
 import click
 import msgspec
+from click.core import ParameterSource
 
 from mockgpt.errors import DatasetError, MockGPTError
 from mockgpt.index import canonical
@@ -188,9 +189,9 @@ def _request_messages(body: bytes) -> list[canonical.Message]:
 @click.option("--state", envvar="MOCKGPT_STATE", metavar="redis://HOST:PORT/DB", help="Keep the rate-limit budgets and fault-plan counters in this Redis, shared by every replica that names it (needs mockgpt[redis]).  [default: this server's own]")
 @click.option("--misses", envvar="MOCKGPT_MISSES", default="404", show_default=True, type=click.Choice(["404", "synthesize"]), help="A request the index does not hold: the 404, or a recorded answer drawn by the request's digest (the same request, the same answer), for benchmark tools' own prompts.")
 @click.option("--metrics", envvar="MOCKGPT_METRICS", is_flag=True, help="Count and time requests; GET /metrics serves Prometheus text.")
-@click.option("--upstream", envvar="MOCKGPT_UPSTREAM", help="Base URL of an OpenAI-compatible API (https://api.openai.com/v1) that answers the chat completions the index lacks; with --record.  [default: none, a miss is a 404]")
+@click.option("--upstream", envvar="MOCKGPT_UPSTREAM", help="Base URL of an OpenAI-compatible API (https://api.openai.com/v1) that answers the chat completions the index lacks, and Anthropic-compatible for the Messages API's (POST {URL}/messages); with --record.  [default: none, a miss is a 404]")
 @click.option("--record", envvar="MOCKGPT_RECORD", type=click.Path(dir_okay=False), help="OpenAI chat JSONL file that --upstream's answers are appended to; serve it with --index to replay them on the next start.")
-@click.option("--upstream-api-key", envvar=["MOCKGPT_UPSTREAM_API_KEY", "OPENAI_API_KEY"], help="Bearer token sent to --upstream.  [default: $OPENAI_API_KEY]")
+@click.option("--upstream-api-key", envvar=["MOCKGPT_UPSTREAM_API_KEY", "OPENAI_API_KEY"], help="Key sent to --upstream: as a Bearer token for chat completions, as x-api-key for messages.  [default: $OPENAI_API_KEY for chat completions, $ANTHROPIC_API_KEY for messages]")
 def serve(
     index_path: str | None, host: str, port: int, workers: int, log_level: str, tokens_per_second: float | None,
     overload_status: str, fault_status: str, **options: Any,
@@ -203,6 +204,10 @@ def serve(
         click.echo(f"mockgpt: serving {index.path} ({index.header.answers:,} answers) on {base_url}")
         sys.stdout.flush()
 
+    # A key given for the upstream is its key whichever API it answers; else each API's own variable.
+    given = click.get_current_context().get_parameter_source("upstream_api_key") is ParameterSource.COMMANDLINE
+    given = given or bool(os.environ.get("MOCKGPT_UPSTREAM_API_KEY"))
+    options["upstream_anthropic_api_key"] = options["upstream_api_key"] if given else os.environ.get("ANTHROPIC_API_KEY")
     if tokens_per_second:
         if options["itl_ms"]:
             raise click.UsageError("give --itl-ms or --tokens-per-second, not both")

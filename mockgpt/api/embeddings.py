@@ -10,7 +10,7 @@ counts; a token array is taken as it is.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, Literal, NamedTuple
+from typing import Any, ClassVar, Literal, NamedTuple
 
 from msgspec import Struct
 
@@ -49,6 +49,8 @@ class EmbeddingRequest(Struct):
     encoding_format: Literal["float", "base64"] = "float"
     dimensions: int | None = None
     user: str | None = None
+    # Never streamed: the layers that answer streams and whole answers alike ask.
+    stream: ClassVar[bool] = False
 
 
 class Embedding(Struct, kw_only=True, gc=False):

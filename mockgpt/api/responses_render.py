@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import itertools
 import operator
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from typing import Any, Literal
 
 import msgspec
@@ -20,7 +20,7 @@ from mockgpt.api.responses import CreateResponse, FunctionTool, Reasoning, TextC
 from mockgpt.index import replay
 from mockgpt.index.records import StoredCall
 
-__all__ = ["FunctionCallItem", "OutputMessage", "OutputText", "Response", "ResponseUsage", "events", "response", "response_body"]
+__all__ = ["FunctionCallItem", "OutputMessage", "OutputText", "Response", "ResponseUsage", "events", "response", "response_body", "steps"]
 
 _encode = msgspec.json.Encoder().encode
 _EMPTY = msgspec.Raw(b'""')
@@ -288,15 +288,24 @@ def events(id: str, created: int, cut: replay.Cut, request: CreateResponse) -> I
     """The frames of a streamed response, one item per generation step (a token of the text, a call's
     name, a token of its arguments): the first also holds the events before the first token, the last
     the events after the last."""
-    frames: list[bytes] = []
+    return steps(
+        (step, b"event: %s\ndata: %s\n\n" % (event.__struct_config__.tag.encode(), _encode(event)))  # type: ignore[union-attr]
+        for step, event in _events(id, created, cut, request)
+    )
+
+
+def steps(frames: Iterable[tuple[bool, bytes]]) -> Iterator[bytes]:
+    """Event frames, each with whether it is a step of generation, joined one item per step: the first
+    item also holds the frames before the first step, the last those after the last."""
+    joined: list[bytes] = []
     stepped = False
-    for step, event in _events(id, created, cut, request):
+    for step, frame in frames:
         if step and stepped:
-            yield b"".join(frames)
-            frames = []
+            yield b"".join(joined)
+            joined = []
         stepped = stepped or step
-        frames.append(b"event: %s\ndata: %s\n\n" % (event.__struct_config__.tag.encode(), _encode(event)))  # type: ignore[union-attr]
-    yield b"".join(frames)
+        joined.append(frame)
+    yield b"".join(joined)
 
 
 def _events(id: str, created: int, cut: replay.Cut, request: CreateResponse) -> Iterator[tuple[bool, _Event]]:

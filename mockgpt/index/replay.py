@@ -51,7 +51,7 @@ class Sent(msgspec.Struct, frozen=True, gc=False):
 
     field: str = "messages"
     noun: str = "message"
-    # Per message, its item's position in ``field`` (None for one sent as ``instructions``); None: its own.
+    # Per message, its item's position in ``field`` (None for one sent as ``preamble``); None: its own.
     places: Sequence[int | None] | None = None
     # How many items ``field`` held; None: one per message.
     items: int | None = None
@@ -59,6 +59,8 @@ class Sent(msgspec.Struct, frozen=True, gc=False):
     after: str | None = None
     # The field is one message in itself, as a legacy completion's prompt: it has no items to number.
     single: bool = False
+    # The field that a message of place None was sent in.
+    preamble: str = "instructions"
 
 
 _CHAT = Sent()
@@ -188,7 +190,7 @@ def _how_far(sent: Sent, places: list[int | None], roles: list[str], matched: in
         return f"{field} matches a recorded conversation's first message, but it has no assistant answer after it."
     if not matched:
         place = places[0] if places else 0
-        return f"{'instructions' if place is None else f'{field}[{place}]'} already differs from every recorded conversation."
+        return f"{sent.preamble if place is None else f'{field}[{place}]'} already differs from every recorded conversation."
     if matched == len(places):
         return f"{field}[0:{items}] match a recorded conversation, but it has no assistant answer after them."
     # Only the first message can come from ``instructions``, and it matched.

@@ -1,11 +1,12 @@
-"""The Litestar app that serves the OpenAI API from an index.
+"""The Litestar app that serves the OpenAI API, and the Anthropic Messages API, from an index.
 
 ``create_app`` is a factory: uvicorn workers call it with no arguments and it reads its settings from
 ``MOCKGPT_*`` environment variables. Every route is served with and without the ``/v1`` prefix.
 
-A ``POST /v1/chat/completions`` or ``POST /v1/responses`` that is not streamed, the request a load test
-sends most, is answered by ``FastPath`` (fastpath.py) in front of the Litestar app when it is a valid
-request: a hit, or a miss with this app's own error. Any other request goes to Litestar untouched.
+A ``POST /v1/chat/completions``, ``/v1/responses`` or ``/v1/messages`` that is not streamed, the request
+a load test sends most, is answered by ``FastPath`` (fastpath.py) in front of the Litestar app when it is
+a valid request: a hit, or a miss with this app's own error. Any other request goes to Litestar untouched.
+Errors leave in the shape of their route's API (``apis.wire_of``).
 """
 
 from __future__ import annotations
@@ -13,7 +14,9 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
-from collections.abc import AsyncIterator
+import re
+import time
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +30,7 @@ from litestar.openapi.plugins import SwaggerRenderPlugin
 from litestar.response import Stream
 from litestar.static_files import create_static_files_router
 
-from mockgpt.api import chat_render
+from mockgpt.api import messages_render
 from mockgpt.api.chat import (
     ChatCompletion,
     ChatCompletionRequest,
@@ -40,6 +43,7 @@ from mockgpt.api.chat import (
     ModelList,
 )
 from mockgpt.api.embeddings import EmbeddingList, EmbeddingRequest
+from mockgpt.api.messages import CountTokens, CreateMessage
 from mockgpt.api.responses import CreateResponse
 from mockgpt.api.responses_render import Response as ResponseObject
 from mockgpt.errors import (
@@ -52,6 +56,7 @@ from mockgpt.errors import (
     PayloadTooLarge,
 )
 from mockgpt.index.reader import Index
+from mockgpt.serve.apis import ANTHROPIC, wire_of
 from mockgpt.serve.asgi import IN_A_ROW, MAX_HEADERS, ASGIApp, answering_head, header_bytes
 from mockgpt.serve.coordinator import Remote
 from mockgpt.serve.fastpath import FastPath
@@ -68,6 +73,12 @@ MODELS = [
     "gpt-4o", "gpt-4o-mini", "gpt-4.1", "gpt-4.1-mini", "gpt-4-turbo", "gpt-3.5-turbo", "o3-mini", "mockgpt",
     "text-embedding-3-small", "text-embedding-3-large", "text-embedding-ada-002",
 ]
+# What GET /v1/models lists to a client of the Anthropic API (one that sends ``anthropic-version``).
+CLAUDE_MODELS = {
+    "claude-opus-4-1": "Claude Opus 4.1", "claude-sonnet-4-5": "Claude Sonnet 4.5", "claude-haiku-4-5": "Claude Haiku 4.5",
+    "mockgpt": "mockgpt",
+}
+_CREATED_AT = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(MODEL_CREATED))
 _JSON = "application/json"
 
 
@@ -80,16 +91,20 @@ def _api_key_guard(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteH
     if key is None:
         return
     authorization = connection.headers.get("authorization", "")
+    given_key = connection.headers.get("x-api-key")
+    if given_key == key or authorization == f"Bearer {key}":
+        return
+    if wire_of(connection.scope["path"]) is ANTHROPIC:
+        raise AuthenticationFailed("x-api-key header is required" if given_key is None and not authorization else "invalid x-api-key")
     if not authorization:
         raise AuthenticationFailed(
             "You didn't provide an API key. You need to provide your API key in an Authorization header"
             " using Bearer auth (i.e. Authorization: Bearer YOUR_KEY).",
             code="missing_api_key",
         )
-    if authorization != f"Bearer {key}":
-        given = authorization.removeprefix("Bearer ")
-        shown = given[:3] + "*" * max(len(given) - 7, 0) + given[-4:] if len(given) > 7 else "*" * len(given)
-        raise AuthenticationFailed(f"Incorrect API key provided: {shown}.")
+    given = authorization.removeprefix("Bearer ")
+    shown = given[:3] + "*" * max(len(given) - 7, 0) + given[-4:] if len(given) > 7 else "*" * len(given)
+    raise AuthenticationFailed(f"Incorrect API key provided: {shown}.")
 
 
 def _headers_guard(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler) -> None:
@@ -122,18 +137,20 @@ _ERRORS = {status: ResponseSpec(data_container=ErrorBody, description=descriptio
 ]}
 
 
-def _strict(request_type: type[msgspec.Struct]) -> Any:
-    """A before-request hook that decodes the body strictly, as the fast path and the real API do.
+def _strict(request_type: type[msgspec.Struct], invalid: Callable[[str], BadRequest] | None = None) -> Any:
+    """A before-request hook that decodes the body strictly, as the fast path and the real API do, and
+    words a field's error with ``invalid`` (the OpenAI API's words by default).
 
     Litestar's own conversion of ``data`` would accept "2" for an integer; this runs first.
     """
+    invalid = invalid or _invalid
     decode = msgspec.json.Decoder(request_type).decode
 
     async def check(request: Request[Any, Any, Any]) -> None:
         try:
             decode(await request.body())
         except msgspec.ValidationError as error:
-            raise _invalid(str(error)) from None
+            raise invalid(str(error)) from None
         except (msgspec.DecodeError, UnicodeDecodeError):
             raise BadRequest(_NOT_JSON) from None
         except RecursionError:
@@ -156,6 +173,17 @@ def _invalid(message: str) -> BadRequest:
         param = message.split("`")[1] if param is None else f"{param}.{message.split('`')[1]}"
         return BadRequest(f"Missing required parameter: '{param}'.", param=param, code="missing_required_parameter")
     return BadRequest(f"Invalid value for '{param}': {message}." if param else f"Invalid request: {message}.", param=param)
+
+
+def _anthropic_invalid(message: str) -> BadRequest:
+    """A ``BadRequest`` from a msgspec validation message, worded as the Anthropic API words it:
+    ``messages.0.content: Field required``."""
+    message, _, path = message.partition(" - at `$")
+    where = re.sub(r"\[(\d+)\]", r".\1", path.rstrip("`")).lstrip(".")
+    if message.startswith("Object missing required field `"):
+        name = message.split("`")[1]
+        return BadRequest(f"{where}.{name}: Field required" if where else f"{name}: Field required")
+    return BadRequest(f"{where}: {message}" if where else message)
 
 
 @post(
@@ -228,14 +256,66 @@ async def retrieve_response(response_id: str, request: Request[Any, Any, Any]) -
     return Response(request.app.state.service.retrieve(response_id), media_type=_JSON)
 
 
-@get("/models", summary="List models")
-async def list_models() -> ModelList:
-    return ModelList(data=[_model(name) for name in MODELS])
+_ANTHROPIC_ERRORS = {
+    status: ResponseSpec(data_container=messages_render.ErrorResponse, description=spec.description) for status, spec in _ERRORS.items()
+}
 
 
-@get("/models/{model_id:str}", summary="Retrieve a model", description="Every model id is served: answers do not depend on it.")
-async def retrieve_model(model_id: str) -> Model:
-    return _model(model_id)
+@post(
+    ["/messages"],
+    before_request=_strict(CreateMessage, _anthropic_invalid),
+    summary="Create a message (Anthropic Messages API)",
+    description=(
+        "The recorded answer to these messages, after the system prompt; `stream: true` sends it as the API's"
+        " server-sent events, one token a `content_block_delta`."
+    ),
+    responses={
+        200: ResponseSpec(data_container=messages_render.MessageObject, description="The recorded answer", generate_examples=False),
+        **_ANTHROPIC_ERRORS,
+    },
+    status_code=200,
+)
+async def create_message(data: CreateMessage, request: Request[Any, Any, Any]) -> Response[bytes] | Stream:
+    return _reply(request.app.state.service.messages(data))
+
+
+class TokenCount(msgspec.Struct):
+    input_tokens: int
+
+
+@post(
+    ["/messages/count_tokens"],
+    before_request=_strict(CountTokens, _anthropic_invalid),
+    summary="Count a message's tokens (Anthropic Messages API)",
+    description="The o200k tokens of the messages and the system prompt, counted as a chat prompt of them.",
+    responses={**_ANTHROPIC_ERRORS},
+    status_code=200,
+    # In a thread: the first count loads the tokenizer, which takes a second or two.
+    sync_to_thread=True,
+)
+def count_tokens(data: CountTokens, request: Request[Any, Any, Any]) -> TokenCount:
+    return TokenCount(request.app.state.service.count_tokens(data))
+
+
+@get(
+    "/models", summary="List models",
+    description="The OpenAI API's list, or the Anthropic API's to a request with an `anthropic-version` header.",
+    responses={200: ResponseSpec(data_container=ModelList, description="The models")},
+)
+async def list_models(request: Request[Any, Any, Any]) -> Response[bytes]:
+    if "anthropic-version" in request.headers:
+        return Response(messages_render.models(CLAUDE_MODELS, _CREATED_AT), media_type=_JSON)
+    return Response(msgspec.json.encode(ModelList(data=[_model(name) for name in MODELS])), media_type=_JSON)
+
+
+@get(
+    "/models/{model_id:str}", summary="Retrieve a model", description="Every model id is served: answers do not depend on it.",
+    responses={200: ResponseSpec(data_container=Model, description="The model")},
+)
+async def retrieve_model(model_id: str, request: Request[Any, Any, Any]) -> Response[bytes]:
+    if "anthropic-version" in request.headers:
+        return Response(messages_render.model(model_id, CLAUDE_MODELS.get(model_id, model_id), _CREATED_AT), media_type=_JSON)
+    return Response(msgspec.json.encode(_model(model_id)), media_type=_JSON)
 
 
 def _model(name: str) -> Model:
@@ -261,15 +341,20 @@ async def health(request: Request[Any, Any, Any]) -> Health:
     )
 
 
-# Errors: every one leaves in the OpenAI shape, from here.
+# Errors: every one leaves in the shape of the API of its route (the OpenAI API's but for the Messages
+# API's routes), from here.
 
 
-def _error_response(status: int, body: bytes) -> Response[bytes]:
-    return Response(body, status_code=status, media_type=_JSON, headers={"x-request-id": "req_" + random_id()})
+def _error_response(request: Request[Any, Any, Any], status: int, message: str, type: str) -> Response[bytes]:
+    wire = wire_of(request.url.path)
+    body = wire.error(status, message, type, None, None)
+    return Response(body, status_code=status, media_type=_JSON, headers={wire.request_id.decode(): "req_" + random_id()})
 
 
 def _api_error(request: Request[Any, Any, Any], error: APIError) -> Response[bytes]:
-    return _error_response(error.status_code, chat_render.error(error))
+    wire = wire_of(request.url.path)
+    headers = {wire.request_id.decode(): "req_" + random_id()}
+    return Response(wire.api_error(error), status_code=error.status_code, media_type=_JSON, headers=headers)
 
 
 def _http_error(request: Request[Any, Any, Any], error: HTTPException) -> Response[bytes]:
@@ -283,7 +368,7 @@ def _http_error(request: Request[Any, Any, Any], error: HTTPException) -> Respon
         return _api_error(request, PayloadTooLarge(f"Request body too large: the limit is {limit} bytes.", code="request_too_large"))
     if isinstance(error, ValidationException) or error.status_code == 400:
         return _api_error(request, _bad_request(error))
-    return _error_response(error.status_code, chat_render.error_body(str(error.detail), "invalid_request_error"))
+    return _error_response(request, error.status_code, str(error.detail), "invalid_request_error")
 
 
 def _bad_request(error: HTTPException) -> BadRequest:
@@ -298,7 +383,7 @@ def _bad_request(error: HTTPException) -> BadRequest:
 
 def _server_error(request: Request[Any, Any, Any], error: Exception) -> Response[bytes]:
     logger.exception("unexpected error answering %s %s", request.method, request.url.path)
-    return _error_response(500, chat_render.error_body("The server had an error processing your request.", "server_error"))
+    return _error_response(request, 500, "The server had an error processing your request.", "server_error")
 
 
 def _swagger() -> SwaggerRenderPlugin:
@@ -318,7 +403,8 @@ def create_app(settings: Settings | None = None) -> ASGIApp:
     settings = settings or Settings.from_env()
     service = Service(settings)
     api = [
-        chat_completions, completions, create_response, retrieve_response, create_embeddings, list_models, retrieve_model
+        chat_completions, completions, create_response, retrieve_response, create_message, count_tokens, create_embeddings,
+        list_models, retrieve_model
     ]
     app = Litestar(
         route_handlers=[

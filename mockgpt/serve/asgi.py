@@ -58,7 +58,8 @@ def replayed(body: bytes, receive: Receive, more: bool = False) -> Receive:
 
 
 def admissible(scope: Scope, authorization: bytes | None, max_body: int) -> tuple[bool, bool]:
-    """Whether a request can be answered without the app's checks (``authorization`` matches, if required,
+    """Whether a request can be answered without the app's checks (``authorization`` matches, or
+    ``x-api-key`` is its key, if required,
     and a declared body length is within ``max_body``: a body of unknown length is checked as it is read);
     and whether it asks for faults or timing of its own with an ``x-mockgpt-`` header.
 
@@ -67,6 +68,8 @@ def admissible(scope: Scope, authorization: bytes | None, max_body: int) -> tupl
     """
     length = 0
     authorized = authorization is None
+    # The key as the Anthropic SDK sends it.
+    key = None if authorization is None else authorization.removeprefix(b"Bearer ")
     asked = False
     for name, value in scope["headers"]:
         if name == b"content-length":
@@ -74,6 +77,8 @@ def admissible(scope: Scope, authorization: bytes | None, max_body: int) -> tupl
             length = int(value) if value.isdigit() and len(value) < 19 else max_body + 1
         elif name == b"authorization":
             authorized = authorized or value == authorization
+        elif name == b"x-api-key":
+            authorized = authorized or value == key
         elif name.startswith(b"x-mockgpt-"):
             asked = True
     return authorized and length <= max_body, asked

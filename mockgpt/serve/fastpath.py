@@ -1,5 +1,4 @@
-"""The fast path: non-streamed chat completion and Responses API requests, the ones a load test sends most,
-and embeddings requests,
+"""The fast path: non-streamed chat completion, Responses API and Messages API requests, the ones a load test sends most,
 answered in front of the Litestar app with the same code its route handlers use (decode, look up,
 render), and none of its per-request machinery: a hit, and a valid request that the service turns down
 (a miss, say) with the error the app would send. Anything else goes on untouched: to the traffic layer if
@@ -10,15 +9,12 @@ it asks for faults or timing of its own, else to the app, which words every othe
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Protocol, TypeVar
+from typing import Any
 
 import msgspec
 
-from mockgpt.api import chat_render
-from mockgpt.api.chat import ChatCompletionRequest
-from mockgpt.api.embeddings import EmbeddingRequest
-from mockgpt.api.responses import CreateResponse
 from mockgpt.errors import APIError
+from mockgpt.serve.apis import APIS, Api
 from mockgpt.serve.asgi import (
     JSON_TYPE, MAX_HEADERS, ASGIApp, Receive, Scope, Send, admissible, header_bytes, read_body, replayed,
 )
@@ -28,23 +24,20 @@ __all__ = ["FastPath"]
 
 
 class FastPath:
-    """Answers non-streamed chat completion and Responses API hits and embeddings itself; passes requests
-    of these routes that carry an ``x-mockgpt-`` header to ``traffic``, and everything else to ``app``."""
+    """Answers non-streamed chat completion, Responses API and Messages API hits and embeddings itself;
+    passes requests of these routes that carry an ``x-mockgpt-`` header to ``traffic``, and everything
+    else to ``app``."""
 
-    answered = frozenset({
-        "/v1/chat/completions", "/chat/completions", "/v1/completions", "/completions", "/v1/responses", "/responses",
-        "/v1/embeddings", "/embeddings",
-    })
+    answered = frozenset(APIS)
+    # Legacy completions are left to the app.
+    _HIT_ROUTES = frozenset({"/chat/completions", "/responses", "/messages", "/embeddings"})
 
     def __init__(self, app: ASGIApp, service: Service, traffic: ASGIApp) -> None:
         self.app = app
         self.service = service
         self.traffic = traffic
-        chat, responses = _hit(ChatCompletionRequest, _whole(service.chat)), _hit(CreateResponse, _whole(service.responses))
-        embeddings = _hit(EmbeddingRequest, service.embeddings)
         self._hits = {
-            "/v1/chat/completions": chat, "/chat/completions": chat, "/v1/responses": responses, "/responses": responses,
-            "/v1/embeddings": embeddings, "/embeddings": embeddings,
+            path: (_hit(api.request, getattr(service, api.answer)), api) for path, api in APIS.items() if api.route in self._HIT_ROUTES
         }
         api_key = service.settings.api_key
         self._authorization = None if api_key is None else f"Bearer {api_key}".encode()
@@ -60,14 +53,15 @@ class FastPath:
         if admitted and asked:
             await self.traffic(scope, receive, send)
             return
-        hit = self._hits.get(scope["path"]) if admitted else None
-        if hit is None:
+        found: _Hit | None = self._hits.get(scope["path"]) if admitted else None
+        if found is None:
             await self.app(scope, receive, send)
             return
+        hit, api = found
         body, more = await read_body(receive, self._max_body)
         reply = hit(body) if len(body) <= self._max_body else None
         if isinstance(reply, APIError) and self._errors_answered and header_bytes(scope) <= MAX_HEADERS:
-            await send_error(send, reply.status_code, chat_render.error(reply))
+            await send_error(send, reply.status_code, api.wire.api_error(reply), [], api.wire.request_id)
             return
         if not isinstance(reply, Reply):
             await self.app(scope, replayed(body, receive, more), send)
@@ -77,31 +71,18 @@ class FastPath:
         await send({"type": "http.response.body", "body": reply.body})
 
 
-class _Streamable(Protocol):
-    stream: bool | None
+_Hit = tuple[Callable[[bytes], Reply | APIError | None], Api]
 
 
-R = TypeVar("R")
-S = TypeVar("S", bound=_Streamable)
-
-
-def _whole(answer: Callable[[S], Reply]) -> Callable[[S], Reply | None]:
-    """``answer`` for requests that are not streamed; None for a stream, which Litestar then answers."""
-
-    def whole(request: S) -> Reply | None:
-        return None if request.stream else answer(request)
-
-    return whole
-
-
-def _hit(request_type: type[R], answer: Callable[[R], Reply | None]) -> Callable[[bytes], Reply | APIError | None]:
-    """What answers a body of ``request_type``: the reply to a hit, or the error the service turned it
-    down with; None for anything else, which Litestar then answers."""
+def _hit(request_type: type[Any], answer: Callable[[Any], Reply]) -> Callable[[bytes], Reply | APIError | None]:
+    """What answers a body of ``request_type``: the reply to a non-streamed hit, or the error the service
+    turned it down with; None for anything else, which Litestar then answers."""
     decode = msgspec.json.Decoder(request_type).decode
 
     def hit(body: bytes) -> Reply | APIError | None:
         try:
-            return answer(decode(body))
+            request = decode(body)
+            return None if request.stream else answer(request)
         except APIError as error:
             return error
         except Exception:

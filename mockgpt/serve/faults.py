@@ -27,7 +27,7 @@ from mockgpt.api import chat_render
 from mockgpt.errors import BadRequest
 from mockgpt.serve.state import State
 
-__all__ = ["OK", "Fault", "Faults", "error", "parse"]
+__all__ = ["OK", "Fault", "Faults", "error", "message", "parse"]
 
 FAULT, KEY, DELAY, RETRY_AFTER = "x-mockgpt-fault", "x-mockgpt-fault-key", "x-mockgpt-delay-ms", "x-mockgpt-retry-after-ms"
 
@@ -60,11 +60,16 @@ _BODIES: Mapping[int, tuple[str, str, str | int | None]] = {
 def error(status: int, model: str | None = None) -> bytes:
     """The error body the real API sends with ``status`` (from 400 to 599), for a request naming ``model``."""
     if status == 404 and model is not None:
-        return chat_render.error_body(
-            f"The model `{model}` does not exist or you do not have access to it.", "invalid_request_error", None, "model_not_found"
-        )
-    message, type, code = _BODIES.get(status) or (_phrase(status), "server_error" if status >= 500 else "invalid_request_error", None)
-    return chat_render.error_body(message, type, None, code)
+        return chat_render.error_body(message(status, model), "invalid_request_error", None, "model_not_found")
+    words, type, code = _BODIES.get(status) or (_phrase(status), "server_error" if status >= 500 else "invalid_request_error", None)
+    return chat_render.error_body(words, type, None, code)
+
+
+def message(status: int, model: str | None = None) -> str:
+    """The words of the real API's error with ``status``, for a request naming ``model``."""
+    if status == 404 and model is not None:
+        return f"The model `{model}` does not exist or you do not have access to it."
+    return _BODIES[status][0] if status in _BODIES else _phrase(status)
 
 
 def _phrase(status: int) -> str:

@@ -12,11 +12,12 @@ from urllib.parse import quote
 import msgspec
 from xxhash import xxh3_128_hexdigest
 
-from mockgpt.api import chat_render, embeddings, embeddings_render, responses, responses_render
+from mockgpt.api import chat_render, embeddings, embeddings_render, messages_render, responses, responses_render
 from mockgpt.api.chat import ChatCompletionRequest, CompletionRequest
+from mockgpt.api.messages import CountTokens, CreateMessage, occurring, prompt
 from mockgpt.errors import ConversationNotFound, NotFound
 from mockgpt.index import replay, tokens, vectors
-from mockgpt.index.canonical import Message
+from mockgpt.index.canonical import Message, calls_of, text_of
 from mockgpt.index.reader import Index
 from mockgpt.index.records import Answer, Record
 from mockgpt.serve.asgi import JSON_TYPE, Send, send_whole
@@ -63,11 +64,14 @@ class Settings(msgspec.Struct, kw_only=True):
     state: str | None = None
     # The Unix socket of the coordinator that keeps the shared state of several workers (set by server.py).
     coordinator: str | None = None
-    # Recording misses (upstream.py): the OpenAI-compatible base URL that answers them, the OpenAI chat
-    # JSONL file they are appended to, and the key sent upstream.
+    # Recording misses (upstream.py): the base URL that answers them (OpenAI-compatible, and
+    # Anthropic-compatible for Messages API misses), the OpenAI chat JSONL file they are appended to, and
+    # the keys sent upstream.
     upstream: str | None = None
     record: str | None = None
     upstream_api_key: str | None = None
+    # The key sent to an Anthropic-compatible upstream, as x-api-key, for Messages API misses.
+    upstream_anthropic_api_key: str | None = None
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -137,6 +141,8 @@ class Service:
         self.fingerprint = self.index.fingerprint
         self.response_ids = responses.ResponseIds(self.index)
         self._embedder: tuple[tokens.EmbeddingTokenizer, vectors.Embedder] | None = None
+        # Loaded on the first count_tokens request: no other request tokenizes.
+        self._tokenizer: tokens.Tokenizer | None = None
 
     def chat(self, request: ChatCompletionRequest) -> Reply:
         try:
@@ -151,11 +157,11 @@ class Service:
             id, created = "chatcmpl-" + request_id[:29], int(time.time())
             body = chat_render.chat_completion_whole(id, created, request.model, self.fingerprint, answer)
             tokens = answer.completion_tokens
-            return Reply(_headers(answer, request_id, drawn), body, None, answer.prompt_tokens, tokens, None, tokens)
+            return Reply(_headers(answer, request_id, drawn=drawn), body, None, answer.prompt_tokens, tokens, None, tokens)
         max_tokens = request.max_completion_tokens or request.max_tokens
         answers = _lengthened(self.replayer.choose(record, request.n or 1, request.seed, sent), request, max_tokens)
         cuts = [replay.cut(answer, max_tokens, request.stop) for answer in answers]
-        id, created, headers = self._identity("chatcmpl-", request, cuts, drawn)
+        id, created, headers = self._identity("chatcmpl-", request, cuts, drawn=drawn)
         limit = max_tokens * len(cuts) if max_tokens else None
         if request.stream:
             include_usage = bool(request.stream_options and request.stream_options.include_usage)
@@ -190,7 +196,7 @@ class Service:
             answers = _lengthened(self.replayer.choose(record, request.n or 1, request.seed, extra), request, request.max_tokens)
             cuts += [replay.cut(answer, request.max_tokens, request.stop) for answer in answers]
             prompt_tokens += tokens.text_prompt_tokens(answers[0].prompt_tokens)
-        id, created, headers = self._identity("cmpl-", request, cuts, drawn)
+        id, created, headers = self._identity("cmpl-", request, cuts, drawn=drawn)
         limit = request.max_tokens * len(cuts) if request.max_tokens else None
         if request.stream:
             include_usage = bool(request.stream_options and request.stream_options.include_usage)
@@ -208,13 +214,41 @@ class Service:
             offset, record, drawn = self._stand_in(prompt.messages, miss, prompt.history)
         sent = drawn if drawn is not None else self.replayer.system_tokens(prompt.messages) if self.settings.ignore_system else 0
         cut = replay.cut(self.replayer.choose(record, 1, None, sent)[0], request.max_output_tokens, None)
-        unique, created, headers = self._identity("", request, [cut], drawn)
+        unique, created, headers = self._identity("", request, [cut], drawn=drawn)
         kept = cut.completion_tokens if cut.finish_reason == "length" else 0
         id = self.response_ids.make(responses.Served(offset, 0, kept, created, int(unique[:4], 16)))
         counts = cut.answer.prompt_tokens, cut.completion_tokens, request.max_output_tokens, cut.completion_tokens
         if request.stream:
             return Reply(headers, b"", responses_render.events(id, created, cut, request), *counts)
         return Reply(headers, responses_render.response_body(id, created, cut, request), None, *counts)
+
+    def messages(self, request: CreateMessage) -> Reply:
+        """An Anthropic Messages API hit: the answer to its messages, after its system prompt."""
+        asked = prompt(request)
+        record = self.replayer.find(asked.messages, asked.sent)
+        sent = self.replayer.system_tokens(asked.messages) if self.settings.ignore_system else 0
+        answer = self.replayer.choose(record, 1, None, sent)[0]
+        # max_tokens is required: one the whole answer fits in cuts nothing, and need not be counted out.
+        limit = None if request.max_tokens >= answer.completion_tokens else request.max_tokens
+        stops = occurring(answer.text, request.stop_sequences) if request.stop_sequences else ()
+        cut = replay.cut(answer, limit, stops)
+        unique, _, headers = self._identity("", request, [cut], b"request-id")
+        id = "msg_" + unique[:24]
+        counts = answer.prompt_tokens, cut.completion_tokens, request.max_tokens, cut.completion_tokens
+        if request.stream:
+            return Reply(headers, b"", messages_render.events(id, request.model, cut, stops), *counts)
+        return Reply(headers, messages_render.message_body(id, request.model, cut, stops), None, *counts)
+
+    def count_tokens(self, request: CountTokens) -> int:
+        """The prompt tokens of a Messages API request's messages, as a chat prompt of them counts: o200k
+        tokens of each message's text and tool calls, and the framing of each."""
+        if self._tokenizer is None:
+            self._tokenizer = tokens.Tokenizer()
+        count = self._tokenizer.count
+        return tokens.prompt_tokens([
+            count(text_of(message.content)) + sum(count(call.name) + count(call.arguments) for call in calls_of(message))
+            for message in prompt(request).messages
+        ])
 
     def embeddings(self, request: embeddings.EmbeddingRequest) -> Reply:
         """The vectors of the request's inputs, made from their tokens (vectors.py)."""
@@ -245,7 +279,8 @@ class Service:
         return self.replayer.stand_in(messages, history)
 
     def _identity(
-        self, prefix: str, request: msgspec.Struct, cuts: list[replay.Cut], drawn: int | None = None
+        self, prefix: str, request: msgspec.Struct, cuts: list[replay.Cut], request_id_header: bytes = b"x-request-id",
+        drawn: int | None = None,
     ) -> tuple[str, int, list[tuple[bytes, bytes]]]:
         """The response's id, created time and headers; derived from request and answers if deterministic."""
         first = cuts[0].answer
@@ -256,7 +291,7 @@ class Service:
         else:
             request_id = random_id()
             id, created = request_id[:29], int(time.time())
-        return prefix + id, created, _headers(first, request_id, drawn)
+        return prefix + id, created, _headers(first, request_id, request_id_header, drawn)
 
 
 def _lengthened(answers: list[Answer], request: ChatCompletionRequest | CompletionRequest, max_tokens: int | None) -> list[Answer]:
@@ -279,23 +314,27 @@ def random_id() -> str:
     return f"{getrandbits(128):032x}"
 
 
-async def send_error(send: Send, status: int, body: bytes, extra: list[tuple[bytes, bytes]] = []) -> None:
+async def send_error(
+    send: Send, status: int, body: bytes, extra: list[tuple[bytes, bytes]] = [], request_id_header: bytes = b"x-request-id"
+) -> None:
     """An error response the layers in front of the app send themselves: ``body`` with a request id of its
-    own, and ``extra`` headers."""
-    request_id = (b"x-request-id", b"req_" + random_id().encode())
+    own (in ``request_id_header``), and ``extra`` headers."""
+    request_id = (request_id_header, b"req_" + random_id().encode())
     await send_whole(send, status, [JSON_TYPE, request_id, *extra], body)
 
 
 SYNTHESIZED = (b"x-mockgpt-synthesized", b"true")
 
 
-def _headers(answer: Answer, request_id: str, drawn: int | None = None) -> list[tuple[bytes, bytes]]:
-    """The headers that name the recorded turn, and the request id; and say so if the answer was drawn
-    for a request the index does not hold (``drawn`` not None)."""
+def _headers(
+    answer: Answer, request_id: str, request_id_header: bytes = b"x-request-id", drawn: int | None = None
+) -> list[tuple[bytes, bytes]]:
+    """The headers that name the recorded turn, and the request id (in the header the API names it in);
+    and say so if the answer was drawn for a request the index does not hold (``drawn`` not None)."""
     headers = [
         (b"x-mockgpt-conversation-id", _header_value(answer.conversation_id)),
         (b"x-mockgpt-turn", b"%d" % answer.turn),
-        (b"x-request-id", b"req_" + request_id.encode()),
+        (request_id_header, b"req_" + request_id.encode()),
     ]
     if drawn is not None:
         headers.append(SYNTHESIZED)

@@ -1,8 +1,9 @@
 """A busy server: faults, rate limits, capacity and pacing, with metrics, in front of the app.
 
 ``create_app`` puts ``Traffic`` in front of the Litestar app in place of ``FastPath`` when one of these
-options is set. It answers every chat, legacy completion and Responses API hit and every embeddings
-request itself, in this order:
+options is set. It answers every hit of the APIs in ``apis.APIS`` (chat, legacy completions, the
+Responses API, the Anthropic Messages API, embeddings) itself, each API's errors and limits in its own
+words, in this order:
 
 1. the request is looked up, then charged to its API key's rate limits, as the real API does first (every
    request counts; a miss, or a request whose ``x-mockgpt-`` headers are invalid, charges no tokens);
@@ -29,12 +30,9 @@ from typing import Any, NamedTuple
 import msgspec
 from xxhash import xxh3_128_hexdigest
 
-from mockgpt.api import chat_render
-from mockgpt.api.chat import ChatCompletionRequest, CompletionRequest
-from mockgpt.api.embeddings import EmbeddingRequest
-from mockgpt.api.responses import CreateResponse
 from mockgpt.errors import APIError, BadRequest
 from mockgpt.serve import faults
+from mockgpt.serve.apis import APIS, OPENAI, Api, duration, rate_headers, requests_spent
 from mockgpt.serve.asgi import (
     IN_A_ROW,
     JSON_TYPE,
@@ -58,19 +56,10 @@ from mockgpt.serve.state import SharedStateError, State, Verdict
 
 __all__ = ["Traffic"]
 
-_ROUTES = {
-    "/v1/chat/completions": "/chat/completions",
-    "/chat/completions": "/chat/completions",
-    "/v1/completions": "/completions",
-    "/completions": "/completions",
-    "/v1/responses": "/responses",
-    "/responses": "/responses",
-    "/v1/embeddings": "/embeddings",
-    "/embeddings": "/embeddings",
-}
-# The routes that answer from the index, where a 404 is a miss; an embeddings request is never one.
-_REPLAYED = {"/chat/completions", "/completions", "/responses"}
-_KNOWN = {"/models", "/health", "/metrics", "/docs"}
+_ANSWERED = frozenset(api.route for api in APIS.values())
+# The routes that answer from the index, where a 404 is a miss: an embeddings request is never one.
+_REPLAYED = _ANSWERED - {"/embeddings"}
+_KNOWN = {"/models", "/health", "/metrics", "/docs", "/messages/count_tokens"}
 _STREAM_HEADERS = [(b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache")]
 TTFT, ITL = "x-mockgpt-ttft-ms", "x-mockgpt-itl-ms"
 
@@ -104,39 +93,38 @@ class Traffic:
         self.overload_status = settings.overload_status
         api_key = settings.api_key
         self._authorization = None if api_key is None else f"Bearer {api_key}".encode()
-        self._chat = msgspec.json.Decoder(ChatCompletionRequest).decode
-        self._completion = msgspec.json.Decoder(CompletionRequest).decode
-        self._responses = msgspec.json.Decoder(CreateResponse).decode
-        self._embeddings = msgspec.json.Decoder(EmbeddingRequest).decode
+        # Per route: how its body is read, and what answers it.
+        self._answers = {api.route: (api.decoder(), getattr(service, api.answer)) for api in APIS.values()}
         logging.getLogger("uvicorn.error").addFilter(_Quiet())
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        route = _ROUTES.get(scope["path"]) if scope["method"] == "POST" else None
+        api = APIS.get(scope["path"]) if scope["method"] == "POST" else None
         if self.metrics is None:
-            await self._route(route, scope, receive, send)
+            await self._route(api, scope, receive, send)
             return
         watch = _Watch(send, time.perf_counter())
         try:
-            await self._route(route, scope, receive, watch.send)
+            await self._route(api, scope, receive, watch.send)
         finally:
-            self._observe(route or _label(scope["path"]), watch)
+            self._observe(api.route if api else _label(scope["path"]), watch)
 
-    async def _route(self, route: str | None, scope: Scope, receive: Receive, send: Send) -> None:
+    async def _route(self, api: Api | None, scope: Scope, receive: Receive, send: Send) -> None:
         # Headers past the bound go to the app, which refuses them, before any of them is kept or counted.
         if (
-            route is not None and admissible(scope, self._authorization, self.service.settings.max_body)[0]
+            api is not None and admissible(scope, self._authorization, self.service.settings.max_body)[0]
             and header_bytes(scope) <= MAX_HEADERS
         ):
             try:
-                await self._answer(route, scope, receive, send)
+                await self._answer(api, scope, receive, send)
             except SharedStateError as error:
                 # Before any response: the coordinator went away, as it does when the server stops, or
                 # the Redis of --state did.
                 logger.error("%s", error)
-                await send_error(send, error.status, chat_render.error_body(str(error), "server_error"))
+                wire = api.wire
+                await send_error(send, error.status, wire.error(error.status, str(error), "server_error", None, None), [], wire.request_id)
         elif self.metrics is not None and scope["path"] == "/metrics":
             await self._metrics(scope["method"], send)
         else:
@@ -146,12 +134,12 @@ class Traffic:
         assert self.metrics is not None
         if method not in ("GET", "HEAD"):
             message = f"Invalid method for URL ({method} /metrics)"
-            await send_error(send, 405, chat_render.error_body(message, "invalid_request_error"), [(b"allow", b"GET, HEAD")])
+            await send_error(send, 405, OPENAI.error(405, message, "invalid_request_error", None, None), [(b"allow", b"GET, HEAD")])
             return
         body, content_type = self.metrics.render()
         await send_whole(send if method == "GET" else without_body(send), 200, [(b"content-type", content_type.encode())], body)
 
-    async def _answer(self, route: str, scope: Scope, receive: Receive, send: Send) -> None:
+    async def _answer(self, api: Api, scope: Scope, receive: Receive, send: Send) -> None:
         headers = _headers(scope)
         limit = self.service.settings.max_body
         body, more = await read_body(receive, limit)
@@ -162,45 +150,42 @@ class Traffic:
             asked: _Asked | APIError = _asked(headers)
         except APIError as error:
             asked = error
-        reply = self._reply(route, body)
+        reply = self._reply(api, body)
         extra: list[tuple[bytes, bytes]] = []
+        wire = api.wire
         if self.rate_limited:
             # As the real API: the limits come first, and every request counts, answered or not.
             tokens = _charged(reply) if isinstance(asked, _Asked) else 0
             verdict = await self.state.charge(_api_key(headers), tokens)
-            extra = _rate_headers(verdict)
+            extra = rate_headers(wire, verdict)
             if not verdict.allowed:
-                await self._limited(send, verdict, tokens, extra, body)
+                await self._limited(api, send, verdict, tokens, extra, body)
                 return
         if isinstance(asked, APIError):
-            await send_error(send, asked.status_code, chat_render.error(asked), extra)
+            await send_error(send, asked.status_code, wire.api_error(asked), extra, wire.request_id)
             return
         fault = await self.faults.choose(asked.plan, headers.get(faults.KEY), self.state)
         if fault.kind == "status":
-            await self._fail(send, fault.value, asked.retry_after, extra, body)
+            await self._fail(api, send, fault.value, asked.retry_after, extra, body)
             return
         if asked.delay:
             await asyncio.sleep(asked.delay / 1000)
         if reply is None:
             await self.app(scope, replayed(body, receive), _adding(send, extra))
             return
-        await self._serve(reply, fault, asked, extra, receive, send)
+        await self._serve(api, reply, fault, asked, extra, receive, send)
 
-    def _reply(self, route: str, body: bytes) -> Reply | None:
+    def _reply(self, api: Api, body: bytes) -> Reply | None:
         """The reply to a hit; None for anything else, which the app then answers."""
+        decode, answer = self._answers[api.route]
         try:
-            if route == "/chat/completions":
-                return self.service.chat(self._chat(body))
-            if route == "/responses":
-                return self.service.responses(self._responses(body))
-            if route == "/embeddings":
-                return self.service.embeddings(self._embeddings(body))
-            return self.service.completion(self._completion(body))
+            reply: Reply = answer(decode(body))
         except Exception:
             return None
+        return reply
 
     async def _serve(
-        self, reply: Reply, fault: Fault, asked: _Asked, extra: list[tuple[bytes, bytes]], receive: Receive, send: Send
+        self, api: Api, reply: Reply, fault: Fault, asked: _Asked, extra: list[tuple[bytes, bytes]], receive: Receive, send: Send
     ) -> None:
         if self.capacity:
             if self.metrics:
@@ -214,7 +199,7 @@ class Traffic:
             if admitted is _GONE:
                 return
             if not admitted:
-                await self._overloaded(send, extra)
+                await self._overloaded(api, send, extra)
                 return
         try:
             paced = self.paced or asked.ttft is not None or asked.itl is not None
@@ -277,38 +262,47 @@ class Traffic:
             await asyncio.Event().wait()
         return "dropped"
 
-    async def _fail(self, send: Send, status: int, wait: float | None, extra: list[tuple[bytes, bytes]], body: bytes) -> None:
+    async def _fail(
+        self, api: Api, send: Send, status: int, wait: float | None, extra: list[tuple[bytes, bytes]], body: bytes
+    ) -> None:
+        wire = api.wire
         if status == 429:
             if self.metrics:
                 self.metrics.rejected("fault")
             # As the rate limiter's 429 says it: when to retry, and no requests left until then.
             wait = _FAULT_WAIT_MS if wait is None else wait
-            extra = _requests_spent(extra, self.service.settings.rpm, wait)
+            extra = requests_spent(wire, extra, self.service.settings.rpm, wait)
         # Named, so that a log or a metric can tell a fault on purpose from a real error.
         extra = [*extra, (b"x-mockgpt-fault", b"%d" % status)]
         if wait is not None:
             extra += [(b"retry-after-ms", b"%d" % math.ceil(wait)), (b"retry-after", b"%d" % math.ceil(wait / 1000))]
-        await send_error(send, status, faults.error(status, _model(body)), extra)
+        await send_error(send, status, wire.fault(status, _model(body)), extra, wire.request_id)
 
-    async def _limited(self, send: Send, verdict: Verdict, tokens: int, extra: list[tuple[bytes, bytes]], body: bytes) -> None:
+    async def _limited(
+        self, api: Api, send: Send, verdict: Verdict, tokens: int, extra: list[tuple[bytes, bytes]], body: bytes
+    ) -> None:
         if self.metrics:
             self.metrics.rejected(verdict.reason or "requests")
         wait = verdict.retry_after
         if math.isfinite(wait):
             extra = [*extra, (b"retry-after-ms", b"%d" % math.ceil(wait * 1000)), (b"retry-after", b"%d" % math.ceil(wait))]
-        await send_error(send, 429, _rate_limit_body(verdict, tokens, _model(body)), extra)
+        message = _rate_limit_message(verdict, tokens, _model(body))
+        wire = api.wire
+        body = wire.error(429, message, verdict.reason or "requests", None, "rate_limit_exceeded")
+        await send_error(send, 429, body, extra, wire.request_id)
 
-    async def _overloaded(self, send: Send, extra: list[tuple[bytes, bytes]]) -> None:
+    async def _overloaded(self, api: Api, send: Send, extra: list[tuple[bytes, bytes]]) -> None:
         if self.metrics:
             self.metrics.rejected("overload")
-        status = self.overload_status
-        body = chat_render.error_body("The server is overloaded: too many requests are waiting. Please try again later.", "server_error")
-        await send_error(send, status, body, extra)
+        wire = api.wire
+        status = wire.overload_status or self.overload_status
+        message = "The server is overloaded: too many requests are waiting. Please try again later."
+        await send_error(send, status, wire.error(status, message, "server_error", None, None), extra, wire.request_id)
 
     def _observe(self, route: str, watch: _Watch) -> None:
         assert self.metrics is not None
         now = time.perf_counter()
-        status, answers = watch.status, route in _ROUTES.values()
+        status, answers = watch.status, route in _ANSWERED
         if not status:
             # Nothing sent: the client left first. 499, as nginx logs it.
             status, outcome = 499, "gone"
@@ -413,7 +407,7 @@ def _headers(scope: Scope) -> dict[str, str]:
     return {
         name.decode("latin-1"): value.decode("latin-1")
         for name, value in scope["headers"]
-        if name.startswith(b"x-mockgpt-") or name == b"authorization"
+        if name.startswith(b"x-mockgpt-") or name in (b"authorization", b"x-api-key")
     }
 
 
@@ -434,7 +428,8 @@ def _milliseconds(headers: Mapping[str, str], name: str) -> float | None:
 def _api_key(headers: Mapping[str, str]) -> str:
     """Whose budget a request is charged to: a digest of its API key, so that the state holds no key, and
     32 bytes a key however long the keys clients send."""
-    return xxh3_128_hexdigest(headers.get("authorization", "").removeprefix("Bearer ").strip().encode("latin-1"))
+    key = headers.get("authorization", "").removeprefix("Bearer ").strip() or headers.get("x-api-key", "")
+    return xxh3_128_hexdigest(key.encode("latin-1"))
 
 
 def _charged(reply: Reply | None) -> int:
@@ -445,45 +440,11 @@ def _charged(reply: Reply | None) -> int:
     return reply.prompt_tokens + (reply.completion_tokens if reply.max_tokens is None else reply.max_tokens)
 
 
-def _rate_headers(verdict: Verdict) -> list[tuple[bytes, bytes]]:
-    headers = []
-    for kind, limit, remaining, reset in [
-        ("requests", verdict.limit_requests, verdict.remaining_requests, verdict.reset_requests),
-        ("tokens", verdict.limit_tokens, verdict.remaining_tokens, verdict.reset_tokens),
-    ]:
-        if limit is not None:
-            headers += [
-                (b"x-ratelimit-limit-" + kind.encode(), b"%d" % limit),
-                (b"x-ratelimit-remaining-" + kind.encode(), b"%d" % (remaining or 0)),
-                (b"x-ratelimit-reset-" + kind.encode(), _duration(reset or 0.0).encode()),
-            ]
-    return headers
-
-
 # When a fault's 429 says to retry, unless its request says with x-mockgpt-retry-after-ms.
 _FAULT_WAIT_MS = 1000.0
-_REQUESTS_BUDGET = b"x-ratelimit-limit-requests", b"x-ratelimit-remaining-requests", b"x-ratelimit-reset-requests"
 
 
-def _requests_spent(headers: list[tuple[bytes, bytes]], rpm: int | None, wait_ms: float) -> list[tuple[bytes, bytes]]:
-    """``headers`` with the requests budget reported empty until ``wait_ms`` from now, first, as a 429 of
-    the rate limiter reports it; the limit is reported only if there is one (``--rpm``)."""
-    spent = [] if rpm is None else [(_REQUESTS_BUDGET[0], b"%d" % rpm)]
-    spent += [(_REQUESTS_BUDGET[1], b"0"), (_REQUESTS_BUDGET[2], _duration(wait_ms / 1000).encode())]
-    return [*spent, *(header for header in headers if header[0] not in _REQUESTS_BUDGET)]
-
-
-def _duration(seconds: float) -> str:
-    """A duration as the API's rate-limit headers write it: ``20ms``, ``1s``, ``6m0s``."""
-    milliseconds = math.ceil(seconds * 1000)
-    if milliseconds < 1000:
-        return f"{milliseconds}ms"
-    minutes, rest = divmod(milliseconds, 60_000)
-    rest_text = f"{rest / 1000:.3f}".rstrip("0").rstrip(".")
-    return f"{int(minutes)}m{rest_text}s" if minutes else f"{rest_text}s"
-
-
-def _rate_limit_body(verdict: Verdict, tokens: int, model: str | None) -> bytes:
+def _rate_limit_message(verdict: Verdict, tokens: int, model: str | None) -> str:
     """The real API's words: what the limit is, what was used and requested, and when to try again."""
     if verdict.reason == "tokens":
         limit, remaining, unit, requested = verdict.limit_tokens, verdict.remaining_tokens, "tokens per min (TPM)", tokens
@@ -494,14 +455,14 @@ def _rate_limit_body(verdict: Verdict, tokens: int, model: str | None) -> bytes:
         used = (limit or 0) - (remaining or 0)
         message = (
             f"Rate limit reached for {model} on {unit}: Limit {limit}, Used {used}, Requested {requested}."
-            f" Please try again in {_duration(verdict.retry_after)}."
+            f" Please try again in {duration(verdict.retry_after)}."
         )
     else:
         message = (
             f"Request too large for {model} on {unit}: Limit {limit}, Requested {requested}."
             " The input or output tokens must be reduced in order to run successfully."
         )
-    return chat_render.error_body(message, verdict.reason or "requests", None, "rate_limit_exceeded")
+    return message
 
 
 class _Model(msgspec.Struct):

@@ -1,4 +1,5 @@
-"""Recording what the index lacks: chat completions it cannot answer, asked of a real endpoint.
+"""Recording what the index lacks: chat completions and Anthropic messages it cannot answer, asked of a real
+endpoint.
 
 ``create_app`` puts ``Recorder`` in front of the Litestar app when ``--upstream`` is set, so that the
 layers before it (``FastPath``, ``Traffic``) hand it the requests they do not answer, as they would hand
@@ -11,8 +12,15 @@ finds it there; one OpenAI chat JSONL line per choice::
     {"messages": [<the request's messages>, {"role": "assistant", "content": ..., "tool_calls": [...]}]}
 
 ``tool_calls`` only when the answer has some; a stream's answer is put together from its deltas. An
-upstream error (a non-2xx status, or 502/504 in the OpenAI shape when it cannot be reached) goes to the
+upstream error (a non-2xx status, or 502/504 in the API's shape when it cannot be reached) goes to the
 client and nothing is recorded. Hits, invalid requests and every other route go on to the app.
+
+A ``POST /v1/messages`` (the Anthropic Messages API) that the index misses goes to ``{upstream}/messages``
+likewise, with the key of an Anthropic-compatible upstream as ``x-api-key`` and the client's
+``anthropic-version``; its line holds the request's messages as the chat messages they are keyed as
+(``system`` a system message, ``tool_use`` blocks tool calls with their input as JSON arguments,
+``tool_result`` blocks tool messages), and the answer's text and ``tool_use`` blocks as one assistant
+message, so that the next start replays it through either API.
 
 Each append is one ``os.write`` of whole lines to an ``O_APPEND`` descriptor under ``flock``, so that
 several workers never interleave their lines. The server reads the file only when it starts.
@@ -23,28 +31,32 @@ from __future__ import annotations
 import fcntl
 import logging
 import os
-from collections.abc import Iterable
-from typing import Any
+from collections.abc import Callable, Iterable
+from typing import Any, NamedTuple
 
 import httpx
 import msgspec
 
-from mockgpt.api import chat_render
 from mockgpt.api.chat import ChatCompletionRequest
+from mockgpt.api.messages import CreateMessage, prompt
 from mockgpt.errors import ConversationNotFound
+from mockgpt.index import canonical
+from mockgpt.serve.apis import ANTHROPIC, OPENAI, Wire
 from mockgpt.serve.asgi import JSON_TYPE, ASGIApp, Receive, Scope, Send, admissible, read_body, replayed, send_whole
 from mockgpt.serve.service import Service
 
-__all__ = ["Answer", "RecordFile", "Recorder", "Stream", "answers_of"]
+__all__ = ["Answer", "MessageStream", "RecordFile", "Recorder", "Stream", "answers_of", "message_answers"]
 
 logger = logging.getLogger("mockgpt")
 
-_PATHS = frozenset({"/v1/chat/completions", "/chat/completions"})
 # Long generations stream for minutes: only a silent or unreachable upstream times out.
 _TIMEOUT = httpx.Timeout(600.0, connect=10.0)
 # What the client gets of the upstream's headers: what the OpenAI SDKs read, none that HTTP itself sets.
-_PASSED = frozenset({b"content-type", b"cache-control", b"x-request-id", b"retry-after", b"retry-after-ms"})
-_RATE_LIMIT = b"x-ratelimit-"
+_PASSED = frozenset({b"content-type", b"cache-control", b"x-request-id", b"request-id", b"retry-after", b"retry-after-ms"})
+_RATE_LIMIT = (b"x-ratelimit-", b"anthropic-ratelimit-")
+# The Anthropic API's headers a client's request passes upstream; the version it names if the client names none.
+_ANTHROPIC_HEADERS = (b"anthropic-version", b"anthropic-beta")
+_ANTHROPIC_VERSION = "2023-06-01"
 
 
 class Function(msgspec.Struct):
@@ -158,6 +170,9 @@ class _Draft:
 class Stream:
     """The answers of a chat completion stream, fed its bytes as they come (server-sent events)."""
 
+    # The line that ends the stream.
+    done = b"data: [DONE]"
+
     def __init__(self) -> None:
         self._buffer = bytearray()
         self._data: list[bytes | bytearray] = []
@@ -197,6 +212,125 @@ class Stream:
         return [] if self.failed else [self._drafts[index].answer() for index in sorted(self._drafts)]
 
 
+class _Block(msgspec.Struct):
+    """A content block, or a delta of one (a message's delta has no type)."""
+
+    type: str = ""
+    text: str = ""
+    id: str = ""
+    name: str = ""
+    input: Any = None
+    partial_json: str = ""
+
+
+class _MessageEvent(msgspec.Struct):
+    type: str
+    index: int = 0
+    content_block: _Block | None = None
+    delta: _Block | None = None
+
+
+class _AnthropicMessage(msgspec.Struct):
+    content: list[_Block]
+
+
+_decode_message_event = msgspec.json.Decoder(_MessageEvent).decode
+_decode_message = msgspec.json.Decoder(_AnthropicMessage).decode
+
+
+class MessageStream(Stream):
+    """The answer of an Anthropic Messages API stream, fed its bytes as they come."""
+
+    done = b"event: message_stop"
+
+    def _event(self, data: bytes) -> None:
+        try:
+            event = _decode_message_event(data)
+        except msgspec.DecodeError:
+            self.failed = True
+            return
+        self.failed = self.failed or event.type == "error"
+        draft = self._drafts.setdefault(0, _Draft())
+        if event.type == "content_block_start" and event.content_block is not None:
+            draft.add(_block_delta(event.index, event.content_block, event.content_block.text))
+        elif event.type == "content_block_delta" and event.delta is not None:
+            draft.add(_block_delta(event.index, event.delta, event.delta.text or event.delta.partial_json))
+
+    def answers(self) -> list[Answer]:
+        return [_finished(answer) for answer in super().answers()]
+
+
+def _block_delta(index: int, block: _Block, text: str) -> _Delta:
+    """A content block's start or delta as the chat delta of the same: text, or a tool call's name or input."""
+    if block.type == "tool_use":
+        return _Delta(tool_calls=[_CallDelta(index, block.id, _FunctionDelta(block.name, ""))])
+    if block.type == "input_json_delta":
+        return _Delta(tool_calls=[_CallDelta(index, None, _FunctionDelta(None, text))])
+    return _Delta(content=text if block.type in ("text", "text_delta") else None)
+
+
+def _finished(answer: Answer) -> Answer:
+    """``answer`` with an input that no delta gave as ``{}``, as the API sends it."""
+    for call in answer.tool_calls or ():
+        call.function.arguments = call.function.arguments or "{}"
+    return answer
+
+
+def message_answers(body: bytes) -> list[Answer]:
+    """The answer of an Anthropic message body, as the chat answer it stands for; ``DecodeError`` if it is not one."""
+    blocks = _decode_message(body).content
+    text = "".join(block.text for block in blocks if block.type == "text")
+    calls = [
+        ToolCall(block.id, "function", Function(block.name, _encode(block.input).decode())) for block in blocks if block.type == "tool_use"
+    ]
+    return [Answer("assistant", text if text or not calls else None, calls or None)]
+
+
+class _ChatMessage(msgspec.Struct, omit_defaults=True):
+    role: str
+    content: str | None
+    tool_calls: list[ToolCall] | None = None
+
+
+def _chat_messages(messages: list[canonical.Message]) -> list[_ChatMessage]:
+    """Canonical messages (their content a string) as chat messages."""
+    chat = []
+    for message in messages:
+        calls = [ToolCall(call.id, "function", Function(call.function.name, call.function.arguments)) for call in message.tool_calls or ()]
+        text = message.content if isinstance(message.content, str) else canonical.text_of(message.content)
+        chat.append(_ChatMessage(message.role, None if calls and not text else text, calls or None))
+    return chat
+
+
+class _Route(NamedTuple):
+    """How misses of one API go upstream and are recorded: where to, with which key header, the request's
+    canonical messages (raising for a request that is not valid) and the chat messages a line records of
+    it, its answers from a whole body and from a stream, and the API's wording."""
+
+    path: str
+    key_header: Callable[[str], tuple[str, str]]
+    messages: Callable[[bytes], list[canonical.Message]]
+    recorded: Callable[[bytes, list[canonical.Message]], list[Any]]
+    answers: Callable[[bytes], list[Answer]]
+    stream: Callable[[], Stream]
+    wire: Wire
+
+
+_decode_chat = msgspec.json.Decoder(ChatCompletionRequest).decode
+_decode_create = msgspec.json.Decoder(CreateMessage).decode
+
+
+_CHAT = _Route(
+    "/chat/completions", lambda key: ("authorization", f"Bearer {key}"), lambda body: _decode_chat(body).messages,
+    lambda body, _: _decode_sent(body).messages, answers_of, Stream, OPENAI,
+)
+_MESSAGES = _Route(
+    "/messages", lambda key: ("x-api-key", key), lambda body: prompt(_decode_create(body)).messages,
+    lambda _, messages: _chat_messages(messages), message_answers, MessageStream, ANTHROPIC,
+)
+_ROUTES = {"/v1/chat/completions": _CHAT, "/chat/completions": _CHAT, "/v1/messages": _MESSAGES, "/messages": _MESSAGES}
+
+
 class RecordFile:
     """A JSONL file that several processes append whole lines to."""
 
@@ -223,56 +357,67 @@ class RecordFile:
 
 
 class Recorder:
-    """Answers chat completions the index misses from ``settings.upstream`` and records them; passes
-    everything else to ``app``."""
+    """Answers chat completions and Anthropic messages the index misses from ``settings.upstream`` and
+    records them; passes everything else to ``app``."""
 
     def __init__(self, app: ASGIApp, service: Service) -> None:
         self.app = app
         self.service = service
         settings = service.settings
         assert settings.upstream and settings.record, "a Recorder needs an upstream and a record file"
-        self.url = settings.upstream.rstrip("/") + "/chat/completions"
+        self.upstream = settings.upstream.rstrip("/")
         self.file = RecordFile(settings.record)
-        self._headers = {"content-type": "application/json"}
-        if settings.upstream_api_key:
-            self._headers["authorization"] = f"Bearer {settings.upstream_api_key}"
+        self._keys = {_CHAT: settings.upstream_api_key, _MESSAGES: settings.upstream_anthropic_api_key}
         self._authorization = None if settings.api_key is None else f"Bearer {settings.api_key}".encode()
-        self._decode = msgspec.json.Decoder(ChatCompletionRequest).decode
         self._client: httpx.AsyncClient | None = None
         # httpx logs every request at INFO: no louder than the server's own log level.
         logging.getLogger("httpx").setLevel(logging.getLogger("uvicorn.error").getEffectiveLevel())
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if (
-            scope["type"] != "http" or scope["method"] != "POST" or scope["path"] not in _PATHS
-            or not admissible(scope, self._authorization, self.service.settings.max_body)[0]
-        ):
+        route = _ROUTES.get(scope["path"]) if scope["type"] == "http" and scope["method"] == "POST" else None
+        if route is None or not admissible(scope, self._authorization, self.service.settings.max_body)[0]:
             await self.app(scope, receive, send)
             return
         limit = self.service.settings.max_body
         body, more = await read_body(receive, limit)
-        if len(body) <= limit and self._missed(body):
-            await self._forward(body, send)
+        messages = self._missed(route, body) if len(body) <= limit else None
+        if messages is not None:
+            await self._forward(route, scope, body, route.recorded(body, messages), send)
         else:
             await self.app(scope, replayed(body, receive, more), send)
 
-    def _missed(self, body: bytes) -> bool:
-        """Whether ``body`` is a valid request the index has no answer to; the app answers the others."""
+    def _missed(self, route: _Route, body: bytes) -> list[canonical.Message] | None:
+        """The canonical messages of ``body``, if it is a valid request the index has no answer to; None for
+        the others, which the app answers."""
         try:
-            self.service.replayer.find(self._decode(body).messages)
+            messages = route.messages(body)
+            self.service.replayer.find(messages)
         except ConversationNotFound:
-            return True
+            return messages
         except Exception:
-            return False
-        return False
+            return None
+        return None
 
-    async def _forward(self, body: bytes, send: Send) -> None:
+    def _headers(self, route: _Route, scope: Scope) -> dict[str, str]:
+        """The headers sent upstream: the upstream's key, and for the Anthropic API the client's version."""
+        headers = {"content-type": "application/json"}
+        key = self._keys[route]
+        if key:
+            name, value = route.key_header(key)
+            headers[name] = value
+        if route is _MESSAGES:
+            sent = {name.decode("latin-1"): value.decode("latin-1") for name, value in scope["headers"] if name in _ANTHROPIC_HEADERS}
+            headers.update({"anthropic-version": _ANTHROPIC_VERSION, **sent})
+        return headers
+
+    async def _forward(self, route: _Route, scope: Scope, body: bytes, messages: list[Any], send: Send) -> None:
         """Send ``body`` upstream and its answer to the client, recorded before the response ends: a client
         that has its whole answer finds it in the file."""
         if self._client is None:
             # Here, in the worker's event loop: a client is bound to the loop it first runs in.
             self._client = httpx.AsyncClient(timeout=_TIMEOUT)
-        request = self._client.build_request("POST", self.url, content=body, headers=self._headers)
+        url = self.upstream + route.path
+        request = self._client.build_request("POST", url, content=body, headers=self._headers(route, scope))
         try:
             response = await self._client.send(request, stream=True)
             streamed = response.is_success and response.headers.get("content-type", "").startswith("text/event-stream")
@@ -280,19 +425,19 @@ class Recorder:
                 await response.aread()
         except httpx.TransportError as error:
             status, message = (504, "timed out") if isinstance(error, httpx.TimeoutException) else (502, "could not be reached")
-            logger.warning("upstream %s %s: %s", self.url, message, type(error).__name__)
-            body = chat_render.error_body(f"The upstream endpoint {message} ({type(error).__name__}).", "server_error", None, "upstream_error")
-            await send_whole(send, status, [JSON_TYPE], body)
+            logger.warning("upstream %s %s: %s", url, message, type(error).__name__)
+            words = f"The upstream endpoint {message} ({type(error).__name__})."
+            await send_whole(send, status, [JSON_TYPE], route.wire.error(status, words, "server_error", None, "upstream_error"))
             return
         if streamed:
-            await self._relay(body, response, send)
+            await self._relay(route, messages, response, send)
             return
-        self._record(body, _recorded(response))
+        self._record(messages, _recorded(route, response))
         await send_whole(send, response.status_code, _passed(response), response.content)
 
-    async def _relay(self, body: bytes, response: httpx.Response, send: Send) -> None:
+    async def _relay(self, route: _Route, messages: list[Any], response: httpx.Response, send: Send) -> None:
         """Pass a stream on frame by frame as it arrives; record its answers once it is whole."""
-        stream = Stream()
+        stream = route.stream()
         await send({"type": "http.response.start", "status": response.status_code, "headers": _passed(response)})
         # The end-of-stream marker waits for the record: a client that has its whole answer finds it there.
         pending = b""
@@ -300,7 +445,7 @@ class Recorder:
             async for data in response.aiter_bytes():
                 stream.feed(data)
                 pending += data
-                ready = _before_done(pending)
+                ready = _before_done(pending, stream.done)
                 if ready:
                     await send({"type": "http.response.body", "body": pending[:ready], "more_body": True})
                     pending = pending[ready:]
@@ -311,36 +456,33 @@ class Recorder:
             return
         finally:
             await response.aclose()
-        self._record(body, stream.answers())
+        self._record(messages, stream.answers())
         await send({"type": "http.response.body", "body": pending})
 
-    def _record(self, body: bytes, answers: list[Answer]) -> None:
+    def _record(self, messages: list[Any], answers: list[Answer]) -> None:
         if answers:
-            self.file.append(_decode_sent(body).messages, answers)
+            self.file.append(messages, answers)
 
 
-_DONE = b"data: [DONE]"
-
-
-def _before_done(pending: bytes) -> int:
+def _before_done(pending: bytes, done: bytes) -> int:
     """How much of ``pending`` may go on before the stream's answers are recorded: all that comes before
-    the end-of-stream marker, or before what may be its first bytes."""
-    at = pending.find(_DONE)
+    the end-of-stream marker ``done``, or before what may be its first bytes."""
+    at = pending.find(done)
     if at >= 0:
         return at
-    for size in range(min(len(_DONE) - 1, len(pending)), 0, -1):
-        if pending.endswith(_DONE[:size]):
+    for size in range(min(len(done) - 1, len(pending)), 0, -1):
+        if pending.endswith(done[:size]):
             return len(pending) - size
     return len(pending)
 
 
-def _recorded(response: httpx.Response) -> list[Answer]:
+def _recorded(route: _Route, response: httpx.Response) -> list[Answer]:
     if not response.is_success:
         return []
     try:
-        return answers_of(response.content)
+        return route.answers(response.content)
     except msgspec.DecodeError:
-        logger.warning("upstream answered %d with a body that is not a chat completion: not recorded", response.status_code)
+        logger.warning("upstream answered %d with a body that is not an answer of its API: not recorded", response.status_code)
         return []
 
 
