@@ -55,8 +55,8 @@ for prompt, completion in plan["tokens"]:
     m.tokens(prompt, completion)
 for _ in range(plan["streams"][0]): m.stream_started()
 for _ in range(plan["streams"][1]): m.stream_ended()
-for _ in range(plan["queue"][0]): m.queued()
-for _ in range(plan["queue"][1]): m.dequeued()
+for _ in range(plan["queue"][0]): m.queued(10)
+for _ in range(plan["queue"][1]): m.dequeued(10)
 for reason in plan["rejected"]:
     m.rejected(reason)
 print(os.getpid(), flush=True)

@@ -68,9 +68,13 @@ class Metrics:
     a process shares the same underlying metrics, so creating more than one is harmless.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, model_name: str = "mockgpt", kv_cache_tokens: int = 1 << 20) -> None:
+        from mockgpt.serve.vllm_metrics import VllmSeries
+
         directory = _directory()
         self._families = _families()
+        # vLLM's own families too (vllm_metrics.py), for the tools that read a vLLM server's.
+        self.vllm = VllmSeries(self._families.vllm, model_name, kv_cache_tokens)
         self._registry = _registry(directory)
         # labels() validates and locks on each call; a dict lookup is over ten times cheaper.
         self._requests: dict[tuple[str, int, str], Counter] = {}
@@ -108,13 +112,15 @@ class Metrics:
         """A streamed response finished, failed or was abandoned by its client."""
         self._families.streams.dec()
 
-    def queued(self) -> None:
-        """A request started waiting for its turn."""
+    def queued(self, prompt_tokens: int) -> None:
+        """A request of ``prompt_tokens`` started waiting for its turn."""
         self._families.queue.inc()
+        self.vllm.waiting(1, prompt_tokens)
 
-    def dequeued(self) -> None:
+    def dequeued(self, prompt_tokens: int) -> None:
         """A waiting request left the queue, served or not."""
         self._families.queue.dec()
+        self.vllm.waiting(-1, prompt_tokens)
 
     def rejected(self, reason: str) -> None:
         """Count a request turned away by ``reason``: requests, tokens, overload or fault."""
@@ -161,6 +167,9 @@ class _Families:
             ["reason"], registry=None,
         )
         self.streams = _live_gauge("mockgpt_streams_in_flight", "Streamed responses being sent.")
+        from mockgpt.serve.vllm_metrics import VllmFamilies
+
+        self.vllm = VllmFamilies()
         self.queue = _live_gauge("mockgpt_queue_depth", "Requests waiting for their turn.")
         # Series that exist from the start let rate() see their first increment.
         for reason in REJECT_REASONS:

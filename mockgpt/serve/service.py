@@ -59,6 +59,9 @@ class Settings(msgspec.Struct, kw_only=True):
     fault_rate: float = 0.0
     fault_status: list[int] = msgspec.field(default_factory=lambda: [429, 500, 503])
     metrics: bool = False
+    # vLLM's metrics (vllm_metrics.py): the model_name label, and the KV cache the load is measured against.
+    served_model_name: str = "mockgpt"
+    kv_cache_tokens: int = 1 << 20
     # Where rate-limit budgets and fault counters are shared with other replicas: a redis:// URL
     # (redis_state.py); None keeps them to this server.
     state: str | None = None

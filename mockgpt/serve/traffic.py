@@ -53,6 +53,7 @@ from mockgpt.serve.metrics import Metrics
 from mockgpt.serve.pacing import Pace, Pacer
 from mockgpt.serve.service import Reply, Service, send_error
 from mockgpt.serve.state import SharedStateError, State, Verdict
+from mockgpt.serve.vllm_metrics import Finished
 
 __all__ = ["Traffic"]
 
@@ -64,6 +65,9 @@ _STREAM_HEADERS = [(b"content-type", b"text/event-stream"), (b"cache-control", b
 TTFT, ITL = "x-mockgpt-ttft-ms", "x-mockgpt-itl-ms"
 
 logger = logging.getLogger("mockgpt")
+
+# Set in a request that was answered: its reply, and the seconds it waited for an answer slot.
+_served: contextvars.ContextVar[tuple[Reply, float] | None] = contextvars.ContextVar("mockgpt_served", default=None)
 
 # Set in a request that drops its connection on purpose, so that uvicorn's complaint about it is not logged.
 _dropped: contextvars.ContextVar[bool] = contextvars.ContextVar("mockgpt_dropped", default=False)
@@ -187,20 +191,26 @@ class Traffic:
     async def _serve(
         self, api: Api, reply: Reply, fault: Fault, asked: _Asked, extra: list[tuple[bytes, bytes]], receive: Receive, send: Send
     ) -> None:
+        waited = 0.0
         if self.capacity:
             if self.metrics:
-                self.metrics.queued()
+                self.metrics.queued(reply.prompt_tokens)
+            started = time.perf_counter()
             try:
                 # A client that leaves while it waits gives its place in the queue up.
                 admitted = await _until_gone(self.state.acquire(), receive)
             finally:
+                waited = time.perf_counter() - started
                 if self.metrics:
-                    self.metrics.dequeued()
+                    self.metrics.dequeued(reply.prompt_tokens)
             if admitted is _GONE:
                 return
             if not admitted:
                 await self._overloaded(api, send, extra)
                 return
+        held = reply.prompt_tokens + reply.completion_tokens
+        if self.metrics:
+            self.metrics.vllm.running(1, held)
         try:
             paced = self.paced or asked.ttft is not None or asked.itl is not None
             timing = self.pacer.pace(reply.prompt_tokens, asked.ttft, asked.itl) if paced else None
@@ -208,6 +218,9 @@ class Traffic:
         finally:
             if self.capacity:
                 await self.state.release()
+            if self.metrics:
+                self.metrics.vllm.running(-1, held)
+                _served.set((reply, waited))
 
     async def _deliver(
         self, reply: Reply, fault: Fault, pace: Pace | None, extra: list[tuple[bytes, bytes]], receive: Receive, send: Send
@@ -315,6 +328,18 @@ class Traffic:
         self.metrics.request(route, status, outcome, now - watch.started)
         if watch.first is not None and watch.streamed:
             self.metrics.first_token(route, watch.first - watch.started)
+        served = _served.get()
+        if served is not None:
+            self.metrics.vllm.finished(_finished(served, outcome, watch, now))
+
+
+def _finished(served: tuple[Reply, float], outcome: str, watch: _Watch, now: float) -> Finished:
+    """An answered request as vLLM's metrics count it."""
+    reply, waited = served
+    cut = reply.max_tokens is not None and reply.completion_tokens >= reply.max_tokens
+    reason = "abort" if outcome == "gone" else "length" if cut else "stop"
+    first = watch.first - watch.started if watch.first is not None and watch.streamed else None
+    return Finished(reply.prompt_tokens, reply.completion_tokens, reply.max_tokens, reason, waited, first, now - watch.started)
 
 
 class _Watch:
