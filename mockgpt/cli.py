@@ -180,6 +180,7 @@ def _request_messages(body: bytes) -> list[canonical.Message]:
 @click.option("--jitter", envvar="MOCKGPT_JITTER", default=0.0, show_default=True, type=click.FloatRange(0, 1), help="Spread every wait by up to this share of itself.")
 @click.option("--seed", envvar="MOCKGPT_SEED", type=int, help="Seed of jitter and random faults, to repeat a run.  [default: random]")
 @click.option("--max-concurrency", envvar="MOCKGPT_MAX_CONCURRENCY", type=click.IntRange(min=1), help="Answers in progress at once, server-wide; later requests wait in order.  [default: no limit]")
+@click.option("--slowdown", envvar="MOCKGPT_SLOWDOWN", default=1.0, show_default=True, type=click.FloatRange(min=1), help="How much slower a token comes with --max-concurrency answers running than with one, as a batching engine slows down; linear in between.")
 @click.option("--max-queue", envvar="MOCKGPT_MAX_QUEUE", type=click.IntRange(min=0), help="Requests waiting for an answer slot before more are turned away.  [default: no limit]")
 @click.option("--overload-status", envvar="MOCKGPT_OVERLOAD_STATUS", default="429", show_default=True, type=click.Choice(["429", "503"]), help="Status of a request turned away by --max-queue.")
 @click.option("--rpm", envvar="MOCKGPT_RPM", type=click.IntRange(min=1), help="Requests per minute per API key, server-wide.  [default: no limit]")
@@ -215,7 +216,10 @@ def serve(
             raise click.UsageError("give --itl-ms or --tokens-per-second, not both")
         options["itl_ms"] = 1000 / tokens_per_second
     if options["max_concurrency"] is None:
-        for name, given in [("--max-queue", options["max_queue"] is not None), ("--overload-status", overload_status != "429")]:
+        for name, given in [
+            ("--max-queue", options["max_queue"] is not None), ("--overload-status", overload_status != "429"),
+            ("--slowdown", options["slowdown"] != 1),
+        ]:
             if given:
                 raise click.UsageError(f"{name} needs --max-concurrency: without it no request waits")
     try:

@@ -351,6 +351,7 @@ def test_serve_of_a_cut_off_dataset_fails_in_one_line(truncated: Path) -> None:
         (["serve", "--port", "x"], "Error: Invalid value for '--port': 'x' is not a valid integer range."),
         (["serve", "--max-queue", "3"], "Error: --max-queue needs --max-concurrency: without it no request waits"),
         (["serve", "--overload-status", "503"], "Error: --overload-status needs --max-concurrency: without it no request waits"),
+        (["serve", "--slowdown", "2"], "Error: --slowdown needs --max-concurrency: without it no request waits"),
         (["serve", "--itl-ms", "20", "--tokens-per-second", "50"], "Error: give --itl-ms or --tokens-per-second, not both"),
         (["serve", "--fault-status", "500,600"], "Error: Invalid value for --fault-status: '500,600' is not a list of statuses from 400 to 599"),
         (["serve", "--bogus"], "Error: No such option '--bogus'."),

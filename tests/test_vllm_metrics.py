@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import statistics
 import threading
 import time
 from collections.abc import Iterator
@@ -12,6 +13,7 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from mockgpt.serve.pacing import slowdown
 from mockgpt.serve.vllm_metrics import REVISION
 from mockgpt.testing import MockServer
 
@@ -130,3 +132,36 @@ def _stream(server: MockServer) -> None:
     with httpx.stream("POST", f"{server.base_url}/chat/completions", json={**STORY, "stream": True}, timeout=60) as response:
         for _ in response.iter_bytes():
             pass
+
+
+def test_slowdown_is_linear_in_the_answers_running() -> None:
+    running = [1]
+    load = slowdown(3.0, lambda: running[0], 5)
+    assert [load() for running[0] in (0, 1, 2, 3, 5, 9)] == [1.0, 1.0, 1.5, 2.0, 3.0, 3.0]
+    assert slowdown(2.0, lambda: 1, 1)() == 2.0
+
+
+def test_at_full_concurrency_tokens_come_slowdown_times_slower(index: Path) -> None:
+    with MockServer(index, metrics=True, max_concurrency=4, itl_ms=20, slowdown=3) as server:
+        gaps: list[list[float]] = [[] for _ in range(4)]
+        threads = [threading.Thread(target=_timed_stream, args=(server, found)) for found in gaps]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        median = statistics.median(gap for found in gaps for gap in found)
+        assert 0.060 * 0.85 <= median <= 0.060 * 1.15, median
+        # vLLM's time per output token says so too.
+        families = scrape(server)
+        per_token = value(families, "vllm:time_per_output_token_seconds_sum") / value(families, "vllm:time_per_output_token_seconds_count")
+        assert 0.060 * 0.85 <= per_token <= 0.060 * 1.15, per_token
+
+
+def _timed_stream(server: MockServer, gaps: list[float]) -> None:
+    """The gaps between the content chunks of one streamed answer, as they arrive."""
+    arrived: list[float] = []
+    with httpx.stream("POST", f"{server.base_url}/chat/completions", json={**STORY, "stream": True}, timeout=60) as response:
+        for line in response.iter_lines():
+            if '"content":"' in line:
+                arrived.append(time.perf_counter())
+    gaps.extend(later - earlier for earlier, later in zip(arrived, arrived[1:]))

@@ -24,7 +24,7 @@ import msgspec
 
 from mockgpt.serve.asgi import IN_A_ROW, Send
 
-__all__ = ["Clock", "Pace", "Pacer", "Timing"]
+__all__ = ["Clock", "Pace", "Pacer", "Timing", "slowdown"]
 
 
 class Timing(msgspec.Struct, frozen=True, kw_only=True):
@@ -186,17 +186,24 @@ def _finish(coroutine: Coroutine[Any, Any, None], waiting: Any) -> Generator[Any
 
 
 class Pacer:
-    """Paces answers as ``timing`` says; headers can override the time to first token and between tokens."""
+    """Paces answers as ``timing`` says; headers can override the time to first token and between tokens.
 
-    def __init__(self, timing: Timing) -> None:
+    ``load``, if given, is the factor every interval is stretched by now (``slowdown``), asked again for
+    each: as more answers run at once, each of them comes more slowly, as from a batching engine.
+    """
+
+    def __init__(self, timing: Timing, load: Callable[[], float] | None = None) -> None:
         self.timing = timing
         self.clock = Clock()
         self._random = random.Random(timing.seed)
+        self._load = load
 
     def pace(self, prompt_tokens: int, ttft_ms: float | None = None, itl_ms: float | None = None) -> Pace:
         timing = self.timing
         first = timing.ttft_ms if ttft_ms is None else ttft_ms
         first += timing.prefill_ms_per_1k * prompt_tokens / 1000
+        if self._load is not None:
+            first *= self._load()
         return Pace(self.spread(first / 1000), (timing.itl_ms if itl_ms is None else itl_ms) / 1000)
 
     def spread(self, seconds: float) -> float:
@@ -208,9 +215,29 @@ class Pacer:
         """Send ``frames`` as ASGI body messages: the first once ``pace.first`` has passed, each further one
         ``pace.gap`` after the one before."""
         first = asyncio.get_running_loop().time() + pace.first
-        spread = self.spread if self.timing.jitter else None
-        return _Beat(self.clock, frames, send, pace.gap, spread).run(first)
+        return _Beat(self.clock, frames, send, pace.gap, self._stretched()).run(first)
+
+    def _stretched(self) -> Callable[[float], float] | None:
+        """What a gap becomes as it is taken: stretched by the load now, then moved by the jitter."""
+        spread, load = (self.spread if self.timing.jitter else None), self._load
+        if load is None:
+            return spread
+        if spread is None:
+            return lambda gap: gap * load()
+        return lambda gap: spread(gap * load())
 
     def whole(self, pace: Pace, tokens: int) -> float:
         """Seconds until the last of ``tokens`` is written."""
-        return pace.first + self.spread(pace.gap * max(tokens - 1, 0))
+        gap = pace.gap if self._load is None else pace.gap * self._load()
+        return pace.first + self.spread(gap * max(tokens - 1, 0))
+
+
+def slowdown(factor: float, running: Callable[[], int], capacity: int) -> Callable[[], float]:
+    """The stretch of every interval with ``running()`` answers running out of ``capacity``: 1 with one,
+    ``factor`` with ``capacity`` or more, and linear in between, ``1 + (factor - 1) * (r - 1) / (capacity - 1)``."""
+
+    def load() -> float:
+        share = (running() - 1) / (capacity - 1) if capacity > 1 else 1.0
+        return 1 + (factor - 1) * min(max(share, 0.0), 1.0)
+
+    return load

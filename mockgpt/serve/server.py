@@ -105,7 +105,7 @@ def serve(
     """
     record = _record_file(settings)
     path = resolve_index(index, progress=progress, record=record)
-    options = Settings(index=str(path.resolve()), **settings)
+    options = Settings(index=str(path.resolve()), workers=workers, **settings)
     if options.state:
         _reach(options.state)
     with tempfile.TemporaryDirectory(prefix="mockgpt-") as run:

@@ -51,6 +51,10 @@ class Settings(msgspec.Struct, kw_only=True):
     seed: int | None = None
     # Capacity and rate limits, for the server as a whole (state.py).
     max_concurrency: int | None = None
+    # The factor the time to first token and between tokens reach with max_concurrency answers running
+    # (pacing.py), and the workers they are shared out among (set by server.py).
+    slowdown: float = 1.0
+    workers: int = 1
     max_queue: int | None = None
     overload_status: int = 429
     rpm: int | None = None

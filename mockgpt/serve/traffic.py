@@ -24,7 +24,7 @@ import itertools
 import logging
 import math
 import time
-from collections.abc import Awaitable, Iterator, Mapping
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from typing import Any, NamedTuple
 
 import msgspec
@@ -50,8 +50,8 @@ from mockgpt.serve.asgi import (
 )
 from mockgpt.serve.faults import Fault
 from mockgpt.serve.metrics import Metrics
-from mockgpt.serve.pacing import Pace, Pacer
-from mockgpt.serve.service import Reply, Service, send_error
+from mockgpt.serve.pacing import Pace, Pacer, slowdown
+from mockgpt.serve.service import Reply, Service, Settings, send_error
 from mockgpt.serve.state import SharedStateError, State, Verdict
 from mockgpt.serve.vllm_metrics import Finished
 
@@ -89,7 +89,9 @@ class Traffic:
         settings = service.settings
         timing = settings.timing
         # Always there, for requests that ask for timing of their own by header; used for all when set.
-        self.pacer = Pacer(timing)
+        # Answers being sent by this worker: with --slowdown, what stretches their pace.
+        self.running = 0
+        self.pacer = Pacer(timing, _slowdown(settings, lambda: self.running))
         self.paced = bool(timing)
         self.faults = faults.Faults(settings.fault_rate, settings.fault_status, settings.seed)
         self.rate_limited = bool(settings.rpm or settings.tpm)
@@ -209,6 +211,7 @@ class Traffic:
                 await self._overloaded(api, send, extra)
                 return
         held = reply.prompt_tokens + reply.completion_tokens
+        self.running += 1
         if self.metrics:
             self.metrics.vllm.running(1, held)
         try:
@@ -216,6 +219,7 @@ class Traffic:
             timing = self.pacer.pace(reply.prompt_tokens, asked.ttft, asked.itl) if paced else None
             await self._deliver(reply, fault, timing, extra, receive, send)
         finally:
+            self.running -= 1
             if self.capacity:
                 await self.state.release()
             if self.metrics:
@@ -331,6 +335,14 @@ class Traffic:
         served = _served.get()
         if served is not None:
             self.metrics.vllm.finished(_finished(served, outcome, watch, now))
+
+
+def _slowdown(settings: Settings, running: Callable[[], int]) -> Callable[[], float] | None:
+    """The stretch of a worker's intervals with ``--slowdown``: ``--max-concurrency`` shared out evenly
+    among the workers, each at its full factor with its share running."""
+    if settings.slowdown == 1 or settings.max_concurrency is None:
+        return None
+    return slowdown(settings.slowdown, running, max(round(settings.max_concurrency / settings.workers), 1))
 
 
 def _finished(served: tuple[Reply, float], outcome: str, watch: _Watch, now: float) -> Finished:
