@@ -85,6 +85,30 @@ class Finished(NamedTuple):
     total: float
 
 
+# Each histogram: the name it is kept under here, and vLLM's name, description and buckets (None: token
+# counts, ``buckets_1_2_5(MAX_MODEL_LEN)``).
+_HISTOGRAMS: dict[str, tuple[str, str, tuple[float, ...] | None]] = {
+    "prompt": ("vllm:request_prompt_tokens", "Number of prefill tokens processed.", None),
+    "generation": ("vllm:request_generation_tokens", "Number of generation tokens processed.", None),
+    "max_generation": ("vllm:request_max_num_generation_tokens", "Histogram of maximum number of requested generation tokens.", None),
+    "max_tokens": ("vllm:request_params_max_tokens", "Histogram of the max_tokens request parameter.", None),
+    "first_token": ("vllm:time_to_first_token_seconds", "Histogram of time to first token in seconds.", TIME_TO_FIRST_TOKEN_BUCKETS),
+    "per_output_token": (
+        "vllm:time_per_output_token_seconds", "Histogram of time per output token in seconds.", TIME_PER_OUTPUT_TOKEN_BUCKETS
+    ),
+    "per_prefill_token": (
+        "vllm:time_per_prefill_token_request_seconds", "Time spent per token during prefill phase in seconds", PREFILL_TOKEN_BUCKETS
+    ),
+    "e2e": ("vllm:e2e_request_latency_seconds", "Histogram of e2e request latency in seconds.", REQUEST_LATENCY_BUCKETS),
+    "queue": ("vllm:request_queue_time_seconds", "Histogram of time spent in WAITING phase for request.", REQUEST_LATENCY_BUCKETS),
+    "inference": (
+        "vllm:request_inference_time_seconds", "Histogram of time spent in RUNNING phase for request.", REQUEST_LATENCY_BUCKETS
+    ),
+    "prefill": ("vllm:request_prefill_time_seconds", "Histogram of time spent in PREFILL phase for request.", REQUEST_LATENCY_BUCKETS),
+    "decode": ("vllm:request_decode_time_seconds", "Histogram of time spent in DECODE phase for request.", REQUEST_LATENCY_BUCKETS),
+}
+
+
 class VllmFamilies:
     """The families, created once per process; ``bind`` gives the series of one served model."""
 
@@ -116,37 +140,10 @@ class VllmFamilies:
         self.prompt_tokens = counter("vllm:prompt_tokens", "Number of prefill tokens processed.")
         self.generation_tokens = counter("vllm:generation_tokens", "Number of generation tokens processed.")
         self.success = counter("vllm:request_success", "Count of successfully processed requests.", "finished_reason")
-        self.request_prompt_tokens = histogram("vllm:request_prompt_tokens", "Number of prefill tokens processed.", tokens)
-        self.request_generation_tokens = histogram(
-            "vllm:request_generation_tokens", "Number of generation tokens processed.", tokens
-        )
-        self.max_generation_tokens = histogram(
-            "vllm:request_max_num_generation_tokens", "Histogram of maximum number of requested generation tokens.", tokens
-        )
-        self.max_tokens = histogram("vllm:request_params_max_tokens", "Histogram of the max_tokens request parameter.", tokens)
-        self.first_token = histogram(
-            "vllm:time_to_first_token_seconds", "Histogram of time to first token in seconds.", TIME_TO_FIRST_TOKEN_BUCKETS
-        )
-        self.per_output_token = histogram(
-            "vllm:time_per_output_token_seconds", "Histogram of time per output token in seconds.", TIME_PER_OUTPUT_TOKEN_BUCKETS
-        )
-        self.per_prefill_token = histogram(
-            "vllm:time_per_prefill_token_request_seconds", "Time spent per token during prefill phase in seconds",
-            PREFILL_TOKEN_BUCKETS,
-        )
-        self.e2e = histogram("vllm:e2e_request_latency_seconds", "Histogram of e2e request latency in seconds.", REQUEST_LATENCY_BUCKETS)
-        self.queue = histogram(
-            "vllm:request_queue_time_seconds", "Histogram of time spent in WAITING phase for request.", REQUEST_LATENCY_BUCKETS
-        )
-        self.inference = histogram(
-            "vllm:request_inference_time_seconds", "Histogram of time spent in RUNNING phase for request.", REQUEST_LATENCY_BUCKETS
-        )
-        self.prefill = histogram(
-            "vllm:request_prefill_time_seconds", "Histogram of time spent in PREFILL phase for request.", REQUEST_LATENCY_BUCKETS
-        )
-        self.decode = histogram(
-            "vllm:request_decode_time_seconds", "Histogram of time spent in DECODE phase for request.", REQUEST_LATENCY_BUCKETS
-        )
+        self.histograms = {
+            key: histogram(name, documentation, tokens if buckets is None else buckets)
+            for key, (name, documentation, buckets) in _HISTOGRAMS.items()
+        }
         self.cache_config = Gauge(
             "vllm:cache_config_info", "Information of the LLMEngine CacheConfig",
             ["block_size", "num_gpu_blocks", "enable_prefix_caching", "engine"], registry=None, multiprocess_mode="livemax",
@@ -169,16 +166,7 @@ class VllmSeries:
             family.labels(*labels)
         self._success = {reason: families.success.labels(*labels, reason) for reason in FINISH_REASONS}
         self._prompt_tokens, self._generation_tokens = families.prompt_tokens.labels(*labels), families.generation_tokens.labels(*labels)
-        bound = [
-            family.labels(*labels) for family in (
-                families.request_prompt_tokens, families.request_generation_tokens, families.max_generation_tokens,
-                families.max_tokens, families.first_token, families.per_output_token, families.per_prefill_token,
-                families.e2e, families.queue, families.inference, families.prefill, families.decode,
-            )
-        ]
-        (self._request_prompt, self._request_generation, self._max_generation, self._max_tokens, self._first_token,
-         self._per_output_token, self._per_prefill_token, self._e2e, self._queue, self._inference, self._prefill,
-         self._decode) = bound
+        self._observed = {key: family.labels(*labels) for key, family in families.histograms.items()}
         blocks = kv_cache_tokens // self.BLOCK_SIZE
         families.cache_config.labels(str(self.BLOCK_SIZE), str(blocks), "False", "0").set(1)
 
@@ -203,21 +191,20 @@ class VllmSeries:
         self._prompt_tokens.inc(request.prompt_tokens)
         self._generation_tokens.inc(request.generation_tokens)
         self._success[request.reason].inc()
-        self._request_prompt.observe(request.prompt_tokens)
-        self._request_generation.observe(request.generation_tokens)
+        observed: dict[str, float] = {"prompt": request.prompt_tokens, "generation": request.generation_tokens}
         if request.max_tokens:
-            self._max_generation.observe(request.max_tokens)
-            self._max_tokens.observe(request.max_tokens)
+            observed["max_generation"] = observed["max_tokens"] = request.max_tokens
         first = request.total if request.first is None else request.first
         if request.first is not None:
-            self._first_token.observe(request.first)
+            observed["first_token"] = request.first
             if request.generation_tokens > 1:
-                self._per_output_token.observe((request.total - request.first) / (request.generation_tokens - 1))
+                observed["per_output_token"] = (request.total - request.first) / (request.generation_tokens - 1)
         prefill = max(first - request.queued, 0.0)
-        self._e2e.observe(request.total)
-        self._queue.observe(request.queued)
-        self._inference.observe(max(request.total - request.queued, 0.0))
-        self._prefill.observe(prefill)
-        self._decode.observe(max(request.total - first, 0.0))
+        observed |= {
+            "e2e": request.total, "queue": request.queued, "inference": max(request.total - request.queued, 0.0),
+            "prefill": prefill, "decode": max(request.total - first, 0.0),
+        }
         if request.prompt_tokens:
-            self._per_prefill_token.observe(prefill / request.prompt_tokens)
+            observed["per_prefill_token"] = prefill / request.prompt_tokens
+        for key, amount in observed.items():
+            self._observed[key].observe(amount)
