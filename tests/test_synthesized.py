@@ -72,6 +72,13 @@ def test_legacy_completions_and_responses_too(synthesizing: MockServer) -> None:
         assert response.headers["x-mockgpt-synthesized"] == "true" and response.parse().output_text in ANSWERS
 
 
+def test_the_messages_api_too(synthesizing: MockServer) -> None:
+    body = {"model": "claude-sonnet-4-5", "max_tokens": 4096, "messages": [{"role": "user", "content": "made up by a benchmark"}]}
+    response = httpx.post(f"{synthesizing.base_url}/messages", json=body, headers={"anthropic-version": "2023-06-01"})
+    assert response.status_code == 200 and response.headers["x-mockgpt-synthesized"] == "true"
+    assert response.json()["content"][0]["text"] in ANSWERS
+
+
 def test_metrics_count_them_apart(synthesizing: MockServer) -> None:
     answer(synthesizing, PROMPT)
     answer(synthesizing, [{"role": "user", "content": "Recorded question 1?"}])

@@ -232,14 +232,17 @@ class Service:
     def messages(self, request: CreateMessage) -> Reply:
         """An Anthropic Messages API hit: the answer to its messages, after its system prompt."""
         asked = prompt(request)
-        record = self.replayer.find(asked.messages, asked.sent)
-        sent = self.replayer.system_tokens(asked.messages) if self.settings.ignore_system else 0
+        try:
+            record, drawn = self.replayer.find(asked.messages, asked.sent), None
+        except ConversationNotFound as miss:
+            _, record, drawn = self._stand_in(asked.messages, miss)
+        sent = drawn if drawn is not None else self.replayer.system_tokens(asked.messages) if self.settings.ignore_system else 0
         answer = self.replayer.choose(record, 1, None, sent)[0]
         # max_tokens is required: one the whole answer fits in cuts nothing, and need not be counted out.
         limit = None if request.max_tokens >= answer.completion_tokens else request.max_tokens
         stops = occurring(answer.text, request.stop_sequences) if request.stop_sequences else ()
         cut = replay.cut(answer, limit, stops)
-        unique, _, headers = self._identity("", request, [cut], b"request-id")
+        unique, _, headers = self._identity("", request, [cut], b"request-id", drawn)
         id = "msg_" + unique[:24]
         counts = answer.prompt_tokens, cut.completion_tokens, request.max_tokens, cut.completion_tokens
         if request.stream:
