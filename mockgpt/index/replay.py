@@ -66,12 +66,23 @@ class Sent(msgspec.Struct, frozen=True, gc=False):
 _CHAT = Sent()
 
 
+class Unrecorded(Exception):
+    """What ``locate`` raises for messages no record holds when the replayer synthesizes: their key, to draw
+    a stand-in by (``stand_in``), and no explanation of the miss, which nobody would read."""
+
+    def __init__(self, key: bytes) -> None:
+        super().__init__("no record holds these messages")
+        self.key = key
+
+
 class Replayer:
-    """Looks requests up in an index; ``ignore_system`` leaves system messages out of the key."""
+    """Looks requests up in an index; ``ignore_system`` leaves system messages out of the key; with
+    ``synthesize``, a miss is ``Unrecorded`` rather than an explained ``ConversationNotFound``."""
 
     def __init__(self, index: Index, *, ignore_system: bool = False, synthesize: bool = False) -> None:
         self.index = index
         self._skip = "system" if ignore_system else None
+        self._synthesize = synthesize
         # Only then are a request's tokens not all in the index: load the tokenizer now, not on a request.
         self._tokenizer = tokens.Tokenizer() if ignore_system or synthesize else None
 
@@ -90,19 +101,22 @@ class Replayer:
         except canonical.TooDeep as error:
             raise _too_deep(messages, sent, error) from None
         framed = "".join(parts).encode("utf-8", "surrogatepass")
-        found = self.index.locate(history + framed if history else framed)
+        key = history + framed if history else framed
+        found = self.index.locate(key)
         if found is None:
+            if self._synthesize:
+                raise Unrecorded(key)
             raise self._not_found(messages, parts, history, sent)
         return found
 
-    def stand_in(self, messages: Sequence[canonical.Message], history: bytes = b"") -> tuple[int, Record, int]:
-        """For messages that have no record (``locate`` found none): a record drawn by their digest, the
-        same for the same messages, with its offset, and the prompt tokens the messages hold beyond the
-        record's own (to give ``choose``)."""
-        parts = canonical.frame_parts(messages, _API_ROLES, self._skip)
-        found = self.index.record_near(canonical.digest(history + "".join(parts).encode("utf-8", "surrogatepass")))
+    def stand_in(self, messages: Sequence[canonical.Message], miss: Unrecorded) -> tuple[int, Record, int]:
+        """For messages that have no record (``miss``): a record drawn by their key's digest, the same for
+        the same messages, with its offset, and the prompt tokens the messages hold beyond the record's own
+        (to give ``choose``)."""
+        found = self.index.record_near(canonical.digest(miss.key))
         if found is None:
-            raise self._not_found(messages, parts, history, _CHAT)
+            # An index of no conversations: nothing to draw from.
+            raise ConversationNotFound("No recorded conversation continues these messages: the index holds none.")
         assert self._tokenizer is not None
         counted = [self._tokenizer.count(canonical.text_of(message.content)) for message in messages]
         offset, record = found

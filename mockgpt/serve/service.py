@@ -15,11 +15,11 @@ from xxhash import xxh3_128_hexdigest
 from mockgpt.api import chat_render, embeddings, embeddings_render, messages_render, responses, responses_render
 from mockgpt.api.chat import ChatCompletionRequest, CompletionRequest
 from mockgpt.api.messages import CountTokens, CreateMessage, occurring, prompt
-from mockgpt.errors import ConversationNotFound, NotFound
+from mockgpt.errors import NotFound
 from mockgpt.index import replay, tokens, vectors
 from mockgpt.index.canonical import Message, calls_of, text_of
 from mockgpt.index.reader import Index
-from mockgpt.index.records import Answer, Record
+from mockgpt.index.records import Answer
 from mockgpt.serve.asgi import JSON_TYPE, Send, send_whole
 from mockgpt.serve.pacing import Timing
 from mockgpt.serve.state import Limits
@@ -143,8 +143,8 @@ class Service:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.index = Index(settings.index)
-        self._synthesize = settings.misses == "synthesize"
-        self.replayer = replay.Replayer(self.index, ignore_system=settings.ignore_system, synthesize=self._synthesize)
+        synthesize = settings.misses == "synthesize"
+        self.replayer = replay.Replayer(self.index, ignore_system=settings.ignore_system, synthesize=synthesize)
         self.fingerprint = self.index.fingerprint
         self.response_ids = responses.ResponseIds(self.index)
         self._embedder: tuple[tokens.EmbeddingTokenizer, vectors.Embedder] | None = None
@@ -154,8 +154,8 @@ class Service:
     def chat(self, request: ChatCompletionRequest) -> Reply:
         try:
             record, drawn = self.replayer.find(request.messages), None
-        except ConversationNotFound as miss:
-            _, record, drawn = self._stand_in(request.messages, miss)
+        except replay.Unrecorded as miss:
+            _, record, drawn = self.replayer.stand_in(request.messages, miss)
         # The key left the request's system messages out, but its prompt holds them: count what was sent.
         sent = drawn if drawn is not None else self.replayer.system_tokens(request.messages) if self.settings.ignore_system else 0
         if self._whole_answer(request):
@@ -197,8 +197,8 @@ class Service:
             messages = [Message("user", prompt)]
             try:
                 record, extra = self.replayer.find(messages, replay.Sent(field, "prompt", single=True)), 0
-            except ConversationNotFound as miss:
-                _, record, extra = self._stand_in(messages, miss)
+            except replay.Unrecorded as miss:
+                _, record, extra = self.replayer.stand_in(messages, miss)
                 drawn = extra
             answers = _lengthened(self.replayer.choose(record, request.n or 1, request.seed, extra), request, request.max_tokens)
             cuts += [replay.cut(answer, request.max_tokens, request.stop) for answer in answers]
@@ -217,8 +217,8 @@ class Service:
         prompt = responses.prompt(request, self.response_ids)
         try:
             (offset, record), drawn = self.replayer.locate(prompt.messages, prompt.history, prompt.sent), None
-        except ConversationNotFound as miss:
-            offset, record, drawn = self._stand_in(prompt.messages, miss, prompt.history)
+        except replay.Unrecorded as miss:
+            offset, record, drawn = self.replayer.stand_in(prompt.messages, miss)
         sent = drawn if drawn is not None else self.replayer.system_tokens(prompt.messages) if self.settings.ignore_system else 0
         cut = replay.cut(self.replayer.choose(record, 1, None, sent)[0], request.max_output_tokens, None)
         unique, created, headers = self._identity("", request, [cut], drawn=drawn)
@@ -234,8 +234,8 @@ class Service:
         asked = prompt(request)
         try:
             record, drawn = self.replayer.find(asked.messages, asked.sent), None
-        except ConversationNotFound as miss:
-            _, record, drawn = self._stand_in(asked.messages, miss)
+        except replay.Unrecorded as miss:
+            _, record, drawn = self.replayer.stand_in(asked.messages, miss)
         sent = drawn if drawn is not None else self.replayer.system_tokens(asked.messages) if self.settings.ignore_system else 0
         answer = self.replayer.choose(record, 1, None, sent)[0]
         # max_tokens is required: one the whole answer fits in cuts nothing, and need not be counted out.
@@ -280,13 +280,6 @@ class Service:
             raise NotFound(f"Response with id '{id}' not found.")
         served, record = found
         return responses_render.response_body(id, served.created, self.response_ids.cut(served, record), None)
-
-    def _stand_in(self, messages: list[Message], miss: ConversationNotFound, history: bytes = b"") -> tuple[int, Record, int]:
-        """With ``--misses synthesize``, a recorded answer's record for messages the index does not hold
-        (replay.Replayer.stand_in); else ``miss``, raised."""
-        if not self._synthesize:
-            raise miss
-        return self.replayer.stand_in(messages, history)
 
     def _identity(
         self, prefix: str, request: msgspec.Struct, cuts: list[replay.Cut], request_id_header: bytes = b"x-request-id",

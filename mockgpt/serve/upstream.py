@@ -40,7 +40,7 @@ import msgspec
 from mockgpt.api.chat import ChatCompletionRequest
 from mockgpt.api.messages import CreateMessage, prompt
 from mockgpt.errors import ConversationNotFound
-from mockgpt.index import canonical
+from mockgpt.index import canonical, replay
 from mockgpt.serve.apis import ANTHROPIC, OPENAI, Wire
 from mockgpt.serve.asgi import JSON_TYPE, ASGIApp, Receive, Scope, Send, admissible, read_body, replayed, send_whole
 from mockgpt.serve.service import Service
@@ -392,7 +392,8 @@ class Recorder:
         try:
             messages = route.messages(body)
             self.service.replayer.find(messages)
-        except ConversationNotFound:
+        except (ConversationNotFound, replay.Unrecorded):
+            # A miss, explained or (with --misses synthesize) not: the upstream answers it.
             return messages
         except Exception:
             return None
