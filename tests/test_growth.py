@@ -72,6 +72,11 @@ def test_a_miss_of_many_messages(server: MockServer) -> None:
     assert_linear(server, "/chat/completions", one_character_messages, 100_000)
 
 
+def test_a_synthesized_miss_of_many_messages(index: Path) -> None:
+    with MockServer(index, misses="synthesize") as synthesizing:
+        assert_linear(synthesizing, "/chat/completions", one_character_messages, 100_000, status=200)
+
+
 def test_a_miss_that_follows_a_recorded_conversation(server: MockServer) -> None:
     recorded = [{"role": "user", "content": "Hello!"}, {"role": "assistant", "content": "Hi! How can I help?"}]
     assert_linear(server, "/chat/completions", lambda n: chat(recorded + one_character_messages(n)["messages"]), 100_000)

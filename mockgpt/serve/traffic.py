@@ -88,9 +88,9 @@ class Traffic:
         self.metrics = metrics
         settings = service.settings
         timing = settings.timing
-        # Always there, for requests that ask for timing of their own by header; used for all when set.
         # Answers being sent by this worker: with --slowdown, what stretches their pace.
         self.running = 0
+        # Always there, for requests that ask for timing of their own by header; used for all when set.
         self.pacer = Pacer(timing, _slowdown(settings, lambda: self.running))
         self.paced = bool(timing)
         self.faults = faults.Faults(settings.fault_rate, settings.fault_status, settings.seed)
