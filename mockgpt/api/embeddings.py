@@ -89,9 +89,12 @@ def read(request: EmbeddingRequest, tokenizer: EmbeddingTokenizer) -> Inputs:
     items = _items(request.input)
     size, shortens = _model(request.model)
     dimensions = _dimensions(request.dimensions, size, shortens)
-    inputs = [tokenizer.encode(item) if isinstance(item, str) else _checked(item, number, tokenizer) for number, item in enumerate(items)]
-    if any(len(ids) > MAX_INPUT_TOKENS for ids in inputs):
-        raise BadRequest(f"Invalid 'input': maximum context length is {MAX_INPUT_TOKENS} tokens.")
+    inputs = []
+    for number, item in enumerate(items):
+        ids = tokenizer.encode(item, MAX_INPUT_TOKENS) if isinstance(item, str) else _checked(item, number, tokenizer)
+        if ids is None or len(ids) > MAX_INPUT_TOKENS:
+            raise BadRequest(f"Invalid 'input': maximum context length is {MAX_INPUT_TOKENS} tokens.")
+        inputs.append(ids)
     tokens = sum(map(len, inputs))
     if tokens > MAX_REQUEST_TOKENS:
         raise TooManyTokens(f"Requested {tokens} tokens, max {MAX_REQUEST_TOKENS} tokens per request")

@@ -43,6 +43,7 @@ REPLY_PRIMING = 3
 class _Backend(Protocol):
     def encode(self, text: str) -> list[int]: ...
     def count(self, text: str) -> int: ...
+    def count_till_limit(self, text: str, limit: int) -> int | None: ...
 
 
 class Tokenizer:
@@ -71,8 +72,14 @@ class EmbeddingTokenizer:
         self._backend = _backend(EMBEDDING_ENCODING)
         self._pieces: list[bytes] | None = None
 
-    def encode(self, text: str) -> list[int]:
-        return self._backend.encode(sanitize(text))
+    def encode(self, text: str, limit: int) -> list[int] | None:
+        """The token ids of ``text``; None if they are more than ``limit``. A text of more characters than
+        that is counted first, up to the limit, so that a long one is not tokenized whole to be refused."""
+        text = sanitize(text)
+        if len(text) > limit and self._backend.count_till_limit(text, limit) is None:
+            return None
+        ids = self._backend.encode(text)
+        return ids if len(ids) <= limit else None
 
     @property
     def pieces(self) -> list[bytes]:
