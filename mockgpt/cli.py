@@ -192,6 +192,8 @@ def _request_messages(body: bytes) -> list[canonical.Message]:
 @click.option("--metrics", envvar="MOCKGPT_METRICS", is_flag=True, help="Count and time requests; GET /metrics serves Prometheus text, vLLM's metrics among it.")
 @click.option("--served-model-name", envvar="MOCKGPT_SERVED_MODEL_NAME", default="mockgpt", show_default=True, help="The model_name label of vLLM's metrics.")
 @click.option("--kv-cache-tokens", envvar="MOCKGPT_KV_CACHE_TOKENS", default=1 << 20, show_default=True, type=click.IntRange(min=1), help="The KV cache that vllm:kv_cache_usage_perc measures the tokens of running and waiting requests against.")
+@click.option("--prompt-cache", envvar="MOCKGPT_PROMPT_CACHE", is_flag=True, help="Cache prompt prefixes as OpenAI does: a prompt that begins as one sent lately did reports the tokens in common (1,024 or more, in steps of 128) as cached, and --prefill-ms-per-1k charges only the others.")
+@click.option("--prompt-cache-size", envvar="MOCKGPT_PROMPT_CACHE_SIZE", default=65_536, show_default=True, type=click.IntRange(min=1), help="Prompt prefixes --prompt-cache remembers, server-wide (about 160 bytes each); the least recently used are forgotten first.")
 @click.option("--upstream", envvar="MOCKGPT_UPSTREAM", help="Base URL of an OpenAI-compatible API (https://api.openai.com/v1) that answers the chat completions the index lacks, and Anthropic-compatible for the Messages API's (POST {URL}/messages); with --record.  [default: none, a miss is a 404]")
 @click.option("--record", envvar="MOCKGPT_RECORD", type=click.Path(dir_okay=False), help="OpenAI chat JSONL file that --upstream's answers are appended to; serve it with --index to replay them on the next start.")
 @click.option("--upstream-api-key", envvar=["MOCKGPT_UPSTREAM_API_KEY", "OPENAI_API_KEY"], help="Key sent to --upstream: as a Bearer token for chat completions, as x-api-key for messages.  [default: $OPENAI_API_KEY for chat completions, $ANTHROPIC_API_KEY for messages]")
@@ -222,6 +224,8 @@ def serve(
         ]:
             if given:
                 raise click.UsageError(f"{name} needs --max-concurrency: without it no request waits")
+    if not options["prompt_cache"] and click.get_current_context().get_parameter_source("prompt_cache_size") is not ParameterSource.DEFAULT:
+        raise click.UsageError("--prompt-cache-size needs --prompt-cache")
     try:
         statuses = [int(status) for status in fault_status.split(",")]
     except ValueError:

@@ -352,6 +352,8 @@ def test_serve_of_a_cut_off_dataset_fails_in_one_line(truncated: Path) -> None:
         (["serve", "--max-queue", "3"], "Error: --max-queue needs --max-concurrency: without it no request waits"),
         (["serve", "--overload-status", "503"], "Error: --overload-status needs --max-concurrency: without it no request waits"),
         (["serve", "--slowdown", "2"], "Error: --slowdown needs --max-concurrency: without it no request waits"),
+        (["serve", "--prompt-cache-size", "10"], "Error: --prompt-cache-size needs --prompt-cache"),
+        (["serve", "--prompt-cache", "--prompt-cache-size", "0"], "Error: Invalid value for '--prompt-cache-size': 0 is not in the range x>=1."),
         (["serve", "--itl-ms", "20", "--tokens-per-second", "50"], "Error: give --itl-ms or --tokens-per-second, not both"),
         (["serve", "--fault-status", "500,600"], "Error: Invalid value for --fault-status: '500,600' is not a list of statuses from 400 to 599"),
         (["serve", "--bogus"], "Error: No such option '--bogus'."),

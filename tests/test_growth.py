@@ -77,6 +77,12 @@ def test_a_synthesized_miss_of_many_messages(index: Path) -> None:
         assert_linear(synthesizing, "/chat/completions", one_character_messages, 100_000, status=200)
 
 
+def test_a_prompt_of_many_messages_through_the_prompt_cache(index: Path) -> None:
+    # Two workers: the prefixes cross the coordinator's socket, a bounded number of them.
+    with MockServer(index, misses="synthesize", prompt_cache=True, workers=2) as caching:
+        assert_linear(caching, "/chat/completions", one_character_messages, 100_000, status=200)
+
+
 def test_a_miss_that_follows_a_recorded_conversation(server: MockServer) -> None:
     recorded = [{"role": "user", "content": "Hello!"}, {"role": "assistant", "content": "Hi! How can I help?"}]
     assert_linear(server, "/chat/completions", lambda n: chat(recorded + one_character_messages(n)["messages"]), 100_000)

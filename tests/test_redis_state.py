@@ -27,6 +27,7 @@ from mockgpt.serve.redis_state import FAULT_TTL, Shared, SharedStateUnreachable
 from mockgpt.serve.state import Budgets, Limits, Local
 from mockgpt.testing import MockServer
 from tests.conftest import sharegpt
+from tests.test_prompt_cache import LONG, MESSAGES, assert_cached_steps, chat_usage
 
 pytestmark = [pytest.mark.sdk, pytest.mark.redis]
 
@@ -34,7 +35,7 @@ pytestmark = [pytest.mark.sdk, pytest.mark.redis]
 if shutil.which("redis-server") is None and not os.environ.get("CI"):
     pytest.skip("redis-server is not installed (Debian: apt-get install redis-server)", allow_module_level=True)
 
-CONVERSATIONS = [sharegpt("hello", ("human", "Hello!"), ("gpt", "Hi! How can I help you today?"))]
+CONVERSATIONS = [sharegpt("hello", ("human", "Hello!"), ("gpt", "Hi! How can I help you today?")), sharegpt("long", *LONG)]
 HELLO = [{"role": "user", "content": "Hello!"}]
 
 
@@ -354,3 +355,33 @@ def test_requests_at_once_are_counted_one_by_one(running: RedisServer) -> None:
     assert [verdict.allowed for verdict in verdicts] == [True] * 20 + [False] * 30
     assert [verdict.remaining_requests for verdict in verdicts] == [*range(19, -1, -1)] + [0] * 30
     assert steps == list(range(50))
+
+
+# Prompt caching
+
+
+def test_the_prompt_cache_holds_across_replicas(index: Path, running: RedisServer) -> None:
+    with replicas(index, running, workers=2, prompt_cache=True) as servers, alternating(servers) as client:
+        assert_cached_steps([chat_usage(client, MESSAGES[: 2 * turn + 1]) for turn in range(4)])
+
+
+def test_the_prompt_prefixes_in_redis_are_those_in_the_process(running: RedisServer) -> None:
+    limits = Limits(prompt_prefixes=5)
+    keys = [uuid.uuid4().bytes for _ in range(7)]
+    asked = [keys[:3], keys[3:6], [keys[0]], [keys[1], keys[5]], keys[:7], [keys[6], keys[3]]]
+
+    async def use(state: Any) -> list[int]:
+        found = []
+        try:
+            for some in asked:
+                found.append(await state.cached_prefix(some))
+                await state.cache_prefixes(some[:3])
+        finally:
+            await state.close()
+        return found
+
+    with redis.Redis.from_url(running.url) as client:
+        client.delete("mockgpt:prefixes")
+        there = asyncio.run(use(Shared(running.url, limits, Local(limits))))
+        assert client.zcard("mockgpt:prefixes") == 5
+    assert there == asyncio.run(use(Local(limits))) == [0, 0, 0, 2, 6, 0]

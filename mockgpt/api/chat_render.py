@@ -22,6 +22,7 @@ from mockgpt.api.chat import (
     FirstDelta,
     FunctionDelta,
     FunctionOut,
+    PromptTokensDetails,
     ResponseMessage,
     ToolCallDelta,
     ToolCallOut,
@@ -57,9 +58,13 @@ def error(exception: APIError) -> bytes:
     return error_body(exception.message, exception.type, exception.param, exception.code)
 
 
-def usage(prompt_tokens: int, cuts: Sequence[replay.Cut]) -> Usage:
+def usage(prompt_tokens: int, cuts: Sequence[replay.Cut], cached: int = 0) -> Usage:
+    """The usage of ``cuts``, answers to a prompt of ``prompt_tokens``, ``cached`` of them in the prompt cache."""
     completion = sum(cut.completion_tokens for cut in cuts)
-    return Usage(prompt_tokens=prompt_tokens, completion_tokens=completion, total_tokens=prompt_tokens + completion)
+    return Usage(
+        prompt_tokens=prompt_tokens, completion_tokens=completion, total_tokens=prompt_tokens + completion,
+        prompt_tokens_details=PromptTokensDetails(cached_tokens=cached),
+    )
 
 
 def _template(response: msgspec.Struct) -> bytes:
@@ -68,7 +73,9 @@ def _template(response: msgspec.Struct) -> bytes:
 
 
 _D, _S, _QS = msgspec.Raw(b"%d"), msgspec.Raw(b"%s"), msgspec.Raw(b'"%s"')
-_USAGE = _template(Usage(prompt_tokens=_D, completion_tokens=_D, total_tokens=_D))  # type: ignore[arg-type]
+_USAGE = _template(
+    Usage(prompt_tokens=_D, completion_tokens=_D, total_tokens=_D, prompt_tokens_details=PromptTokensDetails(cached_tokens=_D))  # type: ignore[arg-type]
+)
 _CHAT_CHOICE = _template(ChatChoice(index=_D, message=ResponseMessage(content=_S), finish_reason=_QS))  # type: ignore[arg-type]
 _CHAT_CHOICE_CALLS = _template(
     ChatChoice(index=_D, message=ResponseMessage(content=_S, tool_calls=_S), finish_reason=_QS)  # type: ignore[arg-type]
@@ -94,9 +101,9 @@ _CHAT_WHOLE_CALLS = _template(
 _TEXT = _template(Completion(id=_QS, created=_D, model=_S, choices=[_S], usage=_S, system_fingerprint=_QS))  # type: ignore[arg-type, list-item]
 
 
-def _usage(prompt_tokens: int, cuts: Sequence[replay.Cut]) -> bytes:
+def _usage(prompt_tokens: int, cuts: Sequence[replay.Cut], cached: int = 0) -> bytes:
     completion = sum([cut.completion_tokens for cut in cuts])
-    return _USAGE % (prompt_tokens, completion, prompt_tokens + completion)
+    return _USAGE % (prompt_tokens, completion, prompt_tokens + completion, cached)
 
 
 def _tool_calls(calls: Sequence[StoredCall]) -> bytes:
@@ -109,9 +116,9 @@ def _chat_choice(i: int, cut: replay.Cut) -> bytes:
     return _CHAT_CHOICE % (i, cut.content, cut.finish_reason.encode())
 
 
-def chat_completion(id: str, created: int, model: str, fingerprint: str, cuts: Sequence[replay.Cut]) -> bytes:
+def chat_completion(id: str, created: int, model: str, fingerprint: str, cuts: Sequence[replay.Cut], cached: int = 0) -> bytes:
     choices = b",".join([_chat_choice(i, cut) for i, cut in enumerate(cuts)])
-    usage = _usage(cuts[0].answer.prompt_tokens, cuts)
+    usage = _usage(cuts[0].answer.prompt_tokens, cuts, cached)
     return _CHAT % (id.encode(), created, _encode(model), choices, usage, fingerprint.encode())
 
 
@@ -164,7 +171,7 @@ def _deltas(cut: replay.Cut) -> Iterator[Delta]:
 
 
 def chat_chunks(
-    id: str, created: int, model: str, fingerprint: str, cuts: Sequence[replay.Cut], include_usage: bool
+    id: str, created: int, model: str, fingerprint: str, cuts: Sequence[replay.Cut], include_usage: bool, cached: int = 0
 ) -> Iterator[bytes]:
     """The frames of a streamed chat completion, one item per generation step (see ``_steps``): the first
     also holds each choice's role chunk, the last its finish, the usage chunk if asked and ``data: [DONE]``."""
@@ -176,7 +183,7 @@ def chat_chunks(
 
     frames = [frame(ChunkChoice(index=i, delta=FirstDelta(content=_NO_TEXT.get(cut.content, "")))) for i, cut in enumerate(cuts)]
     if len(cuts) == 1 and not cuts[0].calls:
-        yield from _text_steps(frame, cuts[0], frames[0], _usage_and_done(id, created, model, fingerprint, cuts, include_usage))
+        yield from _text_steps(frame, cuts[0], frames[0], _usage_and_done(id, created, model, fingerprint, cuts, include_usage, cached))
         return
     for number, step in enumerate(_steps([_deltas(cut) for cut in cuts])):
         if number:
@@ -187,18 +194,19 @@ def chat_chunks(
                 frames.append(frame(ChunkChoice(index=i, delta=delta)))
             if last:
                 frames.append(frame(ChunkChoice(index=i, delta=Delta(), finish_reason=cuts[i].finish_reason)))  # type: ignore[arg-type]
-    frames.append(_usage_and_done(id, created, model, fingerprint, cuts, include_usage))
+    frames.append(_usage_and_done(id, created, model, fingerprint, cuts, include_usage, cached))
     yield b"".join(frames)
 
 
 def _usage_and_done(
-    id: str, created: int, model: str, fingerprint: str, cuts: Sequence[replay.Cut], include_usage: bool
+    id: str, created: int, model: str, fingerprint: str, cuts: Sequence[replay.Cut], include_usage: bool, cached: int
 ) -> bytes:
     """What ends a chat stream: the usage chunk if asked, and ``data: [DONE]``."""
     if not include_usage:
         return DONE
     last = ChatCompletionChunkWithUsage(
-        id=id, created=created, model=model, choices=[], usage=usage(cuts[0].answer.prompt_tokens, cuts), system_fingerprint=fingerprint
+        id=id, created=created, model=model, choices=[], usage=usage(cuts[0].answer.prompt_tokens, cuts, cached),
+        system_fingerprint=fingerprint,
     )
     return b"data: " + _encode(last) + b"\n\n" + DONE
 

@@ -282,9 +282,9 @@ class ResponseIds:
         """The answer served, cut as it was."""
         return replay.cut(self.index.answer(record.answers[served.number]), served.kept or None, None)
 
-    def history(self, id: str) -> bytes:
-        """The framed conversation up to and including response ``id``'s answer; ``NotFound`` as the API
-        words it for an unknown ``previous_response_id``."""
+    def history(self, id: str) -> tuple[bytes, bytes]:
+        """The framed conversation up to response ``id``'s answer, and its answer framed; ``NotFound`` as the
+        API words it for an unknown ``previous_response_id``."""
         if _WELL_FORMED.fullmatch(id) is None:
             raise BadRequest(
                 f"Invalid 'previous_response_id': '{id}'. Expected an ID that contains letters, numbers,"
@@ -297,7 +297,7 @@ class ResponseIds:
                 f"Previous response with id '{id}' not found.", param="previous_response_id", code="previous_response_not_found"
             )
         cut = self.cut(*found)
-        return self.index.key_bytes(found[1]) + replay.framed_answer(_served_text(cut) or "", cut.calls)
+        return self.index.key_bytes(found[1]), replay.framed_answer(_served_text(cut) or "", cut.calls)
 
 
 def _served_text(cut: replay.Cut) -> str | None:
@@ -307,12 +307,16 @@ def _served_text(cut: replay.Cut) -> str | None:
 
 
 class Prompt(Struct, frozen=True, gc=False):
-    """A request as the replayer looks it up: its messages, the recorded history they follow, and how a
-    miss names them."""
+    """A request as the replayer looks it up: its messages, the recorded history they follow (a prompt and
+    its answer, framed), and how a miss names them."""
 
     messages: list[canonical.Message]
-    history: bytes
+    history: tuple[bytes, bytes] | tuple[()]
     sent: replay.Sent
+
+    @property
+    def framed_history(self) -> bytes:
+        return b"".join(self.history)
 
 
 def prompt(request: CreateResponse, ids: ResponseIds) -> Prompt:
@@ -329,7 +333,7 @@ def prompt(request: CreateResponse, ids: ResponseIds) -> Prompt:
     if request.instructions is not None and previous is None:
         messages.insert(0, canonical.Message("system", request.instructions))
         places = [None, *(range(len(messages) - 1) if places is None else places)]
-    history = b"" if previous is None else ids.history(previous)
+    history = () if previous is None else ids.history(previous)
     after = None if previous is None else f"response '{previous}'"
     items = 1 if isinstance(input, str) else len(input or ())
     return Prompt(messages, history, replay.Sent("input", "input item", places, items, after))

@@ -106,31 +106,33 @@ class Response(Struct, kw_only=True, gc=False):
     metadata: dict[str, str] = {}
 
 
-def response(id: str, created: int, cut: replay.Cut, request: CreateResponse | None) -> Response:
-    """The response object of ``cut`` served as ``id``, echoing ``request``'s settings (the defaults without one)."""
+def response(id: str, created: int, cut: replay.Cut, request: CreateResponse | None, cached: int = 0) -> Response:
+    """The response object of ``cut`` served as ``id``, echoing ``request``'s settings (the defaults without
+    one), ``cached`` of its input tokens in the prompt cache."""
     incomplete = cut.finish_reason == "length"
     return Response(
         id=id, created_at=created, status="incomplete" if incomplete else "completed",
         completed_at=None if incomplete else created, incomplete_details=IncompleteDetails() if incomplete else None,
-        output=_output(id, cut), usage=_usage(cut), **(_UNKNOWN if request is None else _echo(request)),
+        output=_output(id, cut), usage=_usage(cut, cached), **(_UNKNOWN if request is None else _echo(request)),
     )
 
 
-def response_body(id: str, created: int, cut: replay.Cut, request: CreateResponse | None) -> bytes:
+def response_body(id: str, created: int, cut: replay.Cut, request: CreateResponse | None, cached: int = 0) -> bytes:
     """``response`` as JSON: from a template when ``request`` set none of the settings it echoes, most
     requests, as what the server does per request is a large share of its time."""
     if request is None or _settings(request) != _UNSENT:
-        return _encode(response(id, created, cut, request))
+        return _encode(response(id, created, cut, request, cached))
     prompt, completion = cut.answer.prompt_tokens, cut.completion_tokens
     instructions, model, previous = _encode(request.instructions), _encode(request.model), _encode(request.previous_response_id)
     if cut.calls:
         output = _encode(_output(id, cut))
         return _WHOLE % (
-            id.encode(), created, created, instructions, model, output, previous, prompt, completion, prompt + completion
+            id.encode(), created, created, instructions, model, output, previous, prompt, cached, completion, prompt + completion
         )
     id_bytes = id.encode()
     return _WHOLE_TEXT % (
-        id_bytes, created, created, instructions, model, id_bytes[5:], cut.content, previous, prompt, completion, prompt + completion
+        id_bytes, created, created, instructions, model, id_bytes[5:], cut.content, previous, prompt, cached, completion,
+        prompt + completion,
     )
 
 
@@ -165,18 +167,19 @@ _SETTING_NAMES = (
 _settings = operator.attrgetter(*_SETTING_NAMES)
 _UNSENT = tuple({f.name: f.default for f in msgspec.structs.fields(CreateResponse)}[name] for name in _SETTING_NAMES)
 _D, _S, _QS = msgspec.Raw(b"%d"), msgspec.Raw(b"%s"), msgspec.Raw(b'"%s"')
+_USAGE = ResponseUsage(input_tokens=_D, input_tokens_details=InputTokensDetails(cached_tokens=_D), output_tokens=_D, total_tokens=_D)  # type: ignore[arg-type]
 # A completed response to a request that set none of those settings: its output, or its one message item's.
 _WHOLE = _encode(
     Response(
         id=_QS, created_at=_D, status="completed", completed_at=_D, instructions=_S, model=_S, output=_S,  # type: ignore[arg-type]
-        previous_response_id=_S, usage=ResponseUsage(input_tokens=_D, output_tokens=_D, total_tokens=_D),  # type: ignore[arg-type]
+        previous_response_id=_S, usage=_USAGE,  # type: ignore[arg-type]
     )
 )
 _WHOLE_TEXT = _encode(
     Response(
         id=_QS, created_at=_D, status="completed", completed_at=_D, instructions=_S, model=_S,  # type: ignore[arg-type]
         output=[OutputMessage(id=msgspec.Raw(b'"msg_%s"'), status="completed", content=[OutputText(text=_S)])],  # type: ignore[arg-type]
-        previous_response_id=_S, usage=ResponseUsage(input_tokens=_D, output_tokens=_D, total_tokens=_D),  # type: ignore[arg-type]
+        previous_response_id=_S, usage=_USAGE,  # type: ignore[arg-type]
     )
 )
 
@@ -199,9 +202,12 @@ def _call_item(id: str, number: int, call: StoredCall) -> FunctionCallItem:
     )
 
 
-def _usage(cut: replay.Cut) -> ResponseUsage:
+def _usage(cut: replay.Cut, cached: int) -> ResponseUsage:
     prompt, completion = cut.answer.prompt_tokens, cut.completion_tokens
-    return ResponseUsage(input_tokens=prompt, output_tokens=completion, total_tokens=prompt + completion)
+    return ResponseUsage(
+        input_tokens=prompt, input_tokens_details=InputTokensDetails(cached_tokens=cached), output_tokens=completion,
+        total_tokens=prompt + completion,
+    )
 
 
 # The events of a stream.
@@ -284,13 +290,13 @@ class ArgumentsDone(_Event, kw_only=True, tag="response.function_call_arguments.
     arguments: str
 
 
-def events(id: str, created: int, cut: replay.Cut, request: CreateResponse) -> Iterator[bytes]:
+def events(id: str, created: int, cut: replay.Cut, request: CreateResponse, cached: int = 0) -> Iterator[bytes]:
     """The frames of a streamed response, one item per generation step (a token of the text, a call's
     name, a token of its arguments): the first also holds the events before the first token, the last
     the events after the last."""
     return steps(
         (step, b"event: %s\ndata: %s\n\n" % (event.__struct_config__.tag.encode(), _encode(event)))  # type: ignore[union-attr]
-        for step, event in _events(id, created, cut, request)
+        for step, event in _events(id, created, cut, request, cached)
     )
 
 
@@ -308,10 +314,10 @@ def steps(frames: Iterable[tuple[bool, bytes]]) -> Iterator[bytes]:
     yield b"".join(joined)
 
 
-def _events(id: str, created: int, cut: replay.Cut, request: CreateResponse) -> Iterator[tuple[bool, _Event]]:
+def _events(id: str, created: int, cut: replay.Cut, request: CreateResponse, cached: int) -> Iterator[tuple[bool, _Event]]:
     """The events of the stream, in order, each with whether it is a step of generation."""
     number = itertools.count()
-    done = response(id, created, cut, request)
+    done = response(id, created, cut, request, cached)
     started = msgspec.structs.replace(done, status="in_progress", completed_at=None, incomplete_details=None, output=[], usage=UNSET)
     yield False, Created(sequence_number=next(number), response=started)
     yield False, InProgress(sequence_number=next(number), response=started)

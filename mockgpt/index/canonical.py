@@ -55,6 +55,7 @@ __all__ = [
     "frame_message",
     "frame_parts",
     "frame_request",
+    "framed_messages",
     "normalize",
     "text_of",
 ]
@@ -293,6 +294,11 @@ def frame_request(messages: Iterable[Message], roles: Mapping[str, str] = ROLES,
     Raises ``KeyError`` for a role ``roles`` does not name, ``TooDeep`` as ``arguments``.
     """
     return "".join(frame_parts(messages, roles, skip)).encode("utf-8", "surrogatepass")
+
+
+def framed_messages(parts: Sequence[str]) -> list[bytes]:
+    """The framed messages of ``frame_parts``'s pieces, one bytes a message."""
+    return [(parts[head] + parts[head + 1]).encode("utf-8", "surrogatepass") for head in range(0, len(parts), 2)]
 
 
 def digest(framed: bytes | memoryview) -> bytes:

@@ -109,6 +109,11 @@ class Replayer:
             raise self._not_found(messages, parts, history, sent)
         return found
 
+    def framed(self, messages: Sequence[canonical.Message]) -> list[bytes]:
+        """Request messages framed one by one, all of them, as a model reads its prompt: with
+        ``ignore_system`` too; raises as ``frame_parts`` does."""
+        return canonical.framed_messages(canonical.frame_parts(messages, _API_ROLES))
+
     def stand_in(self, messages: Sequence[canonical.Message], miss: Unrecorded) -> tuple[int, Record, int]:
         """For messages that have no record (``miss``): a record drawn by their key's digest, the same for
         the same messages, with its offset, and the prompt tokens the messages hold beyond the record's own
@@ -148,7 +153,7 @@ class Replayer:
         places = sent.places if sent.places is not None else range(len(messages))
         # The messages the key holds (``parts`` frames them, two pieces each), with their places in the request.
         kept = [(places[n], _API_ROLES[m.role]) for n, m in enumerate(messages) if _API_ROLES[m.role] != self._skip]
-        framed = [(parts[head] + parts[head + 1]).encode("utf-8", "surrogatepass") for head in range(0, len(parts), 2)]
+        framed = canonical.framed_messages(parts)
         matched, answer_next = self._recorded_prefix(history, framed, [role for _, role in kept])
         items = len(messages) if sent.items is None else sent.items
         these = f"this {sent.noun}" if items == 1 else f"these {items} {sent.noun}s"

@@ -104,21 +104,23 @@ def requests_spent(wire: Wire, headers: Headers, rpm: int | None, wait_ms: float
 
 class Api(NamedTuple):
     """A route that answers from the index: its name (the path without ``/v1``), its request, the
-    ``Service`` method that answers it, and its API's wording."""
+    ``Service`` method that answers it, its API's wording, and the ``Service`` method that frames its
+    prompt for the prompt cache (None: not cached)."""
 
     route: str
     request: type[msgspec.Struct]
     answer: str
     wire: Wire
+    prompt: str | None = None
 
     def decoder(self) -> Callable[[bytes], Any]:
         return msgspec.json.Decoder(self.request).decode
 
 
 _APIS = [
-    Api("/chat/completions", ChatCompletionRequest, "chat", OPENAI),
+    Api("/chat/completions", ChatCompletionRequest, "chat", OPENAI, "chat_prompt"),
     Api("/completions", CompletionRequest, "completion", OPENAI),
-    Api("/responses", CreateResponse, "responses", OPENAI),
+    Api("/responses", CreateResponse, "responses", OPENAI, "responses_prompt"),
     Api("/messages", CreateMessage, "messages", ANTHROPIC),
     Api("/embeddings", EmbeddingRequest, "embeddings", OPENAI),
 ]

@@ -447,7 +447,7 @@ def _traffic(app: ASGIApp, service: Service) -> Traffic:
         from mockgpt.serve.redis_state import Shared
 
         state = Shared(settings.state, settings.limits, state)
-    metrics = Metrics(settings.served_model_name, settings.kv_cache_tokens) if settings.metrics else None
+    metrics = Metrics(settings.served_model_name, settings.kv_cache_tokens, settings.prompt_cache) if settings.metrics else None
     return Traffic(app, service, state, metrics)
 
 

@@ -7,11 +7,13 @@ connection, shared by all the worker's coroutines.
 
 The wire, both ways, is a stream of frames: a 4-byte big-endian length, then that many bytes of msgpack.
 
-    worker -> coordinator   [id, op, key, tokens]   op: 0 acquire, 1 release, 2 charge, 3 fault, 4 cancel
-    coordinator -> worker   [id, value]             value: bool (acquire), Verdict (charge), int (fault)
+    worker -> coordinator   [id, op, key, tokens, keys]   op: 0 acquire, 1 release, 2 charge, 3 fault,
+                                                          4 cancel, 5 cached prefix, 6 cache prefixes
+    coordinator -> worker   [id, value]                   value: bool (acquire), Verdict (charge),
+                                                          int (fault, cached prefix)
 
-Every acquire, charge and fault gets exactly one answer, carrying its id; answers may come back in any
-order. Release and cancel get none. Cancel names an acquire still waiting: the coordinator drops it and
+Trailing fields at their defaults ("", 0, []) are left out. Every acquire, charge, fault and cached prefix
+gets exactly one answer, carrying its id; answers may come back in any order. The others get none. Cancel names an acquire still waiting: the coordinator drops it and
 answers it ``false``; if the slot was granted before the cancel arrived, the worker gives it back with a
 release when the ``true`` reaches it. When a connection closes, the coordinator drops its waiters and
 frees every slot it held, so a worker that dies leaks nothing.
@@ -41,17 +43,19 @@ T = TypeVar("T")
 # The wire
 
 
-_ACQUIRE, _RELEASE, _CHARGE, _FAULT, _CANCEL = range(5)
+_ACQUIRE, _RELEASE, _CHARGE, _FAULT, _CANCEL, _CACHED, _CACHE = range(7)
 _LENGTH = struct.Struct(">I")
 # Far more than any frame: a longer one means the peer speaks something else.
 _MAX_FRAME = 1 << 20
 
 
-class _Request(msgspec.Struct, array_like=True, gc=False):
+class _Request(msgspec.Struct, array_like=True, omit_defaults=True, gc=False):
     id: int
     op: int
     key: str = ""
     tokens: int = 0
+    # The keys of a prompt's prefixes (cached prefix, cache prefixes).
+    keys: list[bytes] = []
 
 
 class _Answer(msgspec.Struct, array_like=True, gc=False):
@@ -155,6 +159,10 @@ class _Session(asyncio.Protocol):
             self._answer(request.id, self._local.budgets.charge(request.key, request.tokens))
         elif op == _FAULT:
             self._answer(request.id, self._local.faults.step(request.key))
+        elif op == _CACHED:
+            self._answer(request.id, self._local.prefixes.longest(request.keys))
+        elif op == _CACHE:
+            self._local.prefixes.add(request.keys)
         elif op == _ACQUIRE:
             self._acquire(request.id)
         elif op == _RELEASE:
@@ -285,20 +293,22 @@ class _Link(asyncio.Protocol):
         self._transport = transport
         self._outbox = _Outbox(transport)
 
-    def call(self, op: int, key: str = "", tokens: int = 0) -> tuple[int, asyncio.Future[bool | int | Verdict | None]]:
+    def call(
+        self, op: int, key: str = "", tokens: int = 0, keys: list[bytes] = []
+    ) -> tuple[int, asyncio.Future[bool | int | Verdict | None]]:
         """Send a request; its id, and the future its answer will complete."""
         if self.closed:
             raise SharedStateError(f"lost the connection to the mockgpt coordinator at {self.path}")
         id = next(self._ids)
         future = self._loop.create_future()
         self._pending[id] = future
-        self._outbox.put(_Request(id, op, key, tokens))
+        self._outbox.put(_Request(id, op, key, tokens, keys))
         return id, future
 
-    def send(self, op: int, id: int = 0) -> None:
+    def send(self, op: int, id: int = 0, keys: list[bytes] = []) -> None:
         """Send a request that gets no answer; nothing if the connection is gone."""
         if not self.closed:
-            self._outbox.put(_Request(id, op))
+            self._outbox.put(_Request(id, op, keys=keys))
 
     def data_received(self, data: bytes) -> None:
         try:
@@ -374,6 +384,16 @@ class Remote:
         """As ``State.fault_step``."""
         link = await self._connected()
         return _expect(int, await link.call(_FAULT, key)[1])
+
+    async def cached_prefix(self, keys: list[bytes]) -> int:
+        """As ``State.cached_prefix``."""
+        link = await self._connected()
+        return _expect(int, await link.call(_CACHED, keys=keys)[1])
+
+    async def cache_prefixes(self, keys: list[bytes]) -> None:
+        """As ``State.cache_prefixes``."""
+        link = await self._connected()
+        link.send(_CACHE, keys=keys)
 
     async def close(self) -> None:
         """Close the connection; the coordinator frees the slots it still held."""

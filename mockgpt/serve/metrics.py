@@ -68,13 +68,13 @@ class Metrics:
     a process shares the same underlying metrics, so creating more than one is harmless.
     """
 
-    def __init__(self, model_name: str = "mockgpt", kv_cache_tokens: int = 1 << 20) -> None:
+    def __init__(self, model_name: str = "mockgpt", kv_cache_tokens: int = 1 << 20, prefix_caching: bool = False) -> None:
         from mockgpt.serve.vllm_metrics import VllmSeries
 
         directory = _directory()
         self._families = _families()
         # vLLM's own families too (vllm_metrics.py), for the tools that read a vLLM server's.
-        self.vllm = VllmSeries(self._families.vllm, model_name, kv_cache_tokens)
+        self.vllm = VllmSeries(self._families.vllm, model_name, kv_cache_tokens, prefix_caching)
         self._registry = _registry(directory)
         # labels() validates and locks on each call; a dict lookup is over ten times cheaper.
         self._requests: dict[tuple[str, int, str], Counter] = {}

@@ -1,6 +1,8 @@
-"""Rate-limit budgets and fault counters kept in Redis, so that replicas naming the same Redis act as one API.
+"""Rate-limit budgets, fault counters and the prompts seen lately kept in Redis, so that replicas naming the
+same Redis act as one API.
 
-``Shared`` is a ``State`` (state.py) whose ``charge`` and ``fault_step`` each run one Lua script in Redis,
+``Shared`` is a ``State`` (state.py) whose ``charge``, ``fault_step`` and prompt-prefix operations each run
+one Lua script in Redis,
 atomically, on Redis's own clock, so that replicas on machines whose clocks differ agree; its answer slots
 are the replica's own (``Local``, or the coordinator's ``Remote`` with several workers), as each replica
 stands for one model server. Each worker process has one connection pool, made in its event loop on first
@@ -14,6 +16,9 @@ What Redis holds, under the prefix ``mockgpt:``:
   would be full again, which is the same as having no key.
 - ``mockgpt:fault:<digest of a fault key>``: the requests that carried it; it expires after an hour
   without one (``FAULT_TTL``), when the key's plan starts again from its first step.
+- ``mockgpt:prefixes``: a sorted set of the keys of the prompt prefixes seen lately (16 bytes each), scored
+  by when they were last used, counted in ``mockgpt:prefixes:used``; the least recently used go first when
+  there are more than ``--prompt-cache-size``.
 
 Redis 5 or later (scripts that read its clock and then write). A Redis that cannot be reached fails the
 request with ``SharedStateUnreachable`` within a few seconds; every call tries again, so the server
@@ -99,6 +104,43 @@ return answer
 """
 
 
+# KEYS: the prefixes' set, for each lookup. ARGV: for each, the number of its keys, then its keys from the
+# shortest prefix. Returns, for each, the place of the longest key found plus one (0 for none), as
+# Prefixes.longest; that key is used now.
+_CACHED = """
+local answer, at = {}, 1
+for k, set in ipairs(KEYS) do
+  local count = tonumber(ARGV[at])
+  answer[k] = 0
+  for place = count, 1, -1 do
+    if redis.call('ZSCORE', set, ARGV[at + place]) then
+      redis.call('ZADD', set, redis.call('INCR', set .. ':used'), ARGV[at + place])
+      answer[k] = place
+      break
+    end
+  end
+  at = at + count + 1
+end
+return answer
+"""
+
+# KEYS: the prefixes' set, for each batch of keys to add. ARGV[1]: the most the set keeps; then, for each,
+# the number of its keys and its keys. As Prefixes.add.
+_CACHE = """
+local size, at = tonumber(ARGV[1]), 2
+for _, set in ipairs(KEYS) do
+  local count = tonumber(ARGV[at])
+  local used = redis.call('INCRBY', set .. ':used', count) - count
+  for place = 1, count do redis.call('ZADD', set, used + place, ARGV[at + place]) end
+  at = at + count + 1
+  local over = redis.call('ZCARD', set) - size
+  if over > 0 then redis.call('ZPOPMIN', set, over) end
+end
+return {}
+"""
+_PREFIXES = "mockgpt:prefixes"
+
+
 class SharedStateUnreachable(SharedStateError):
     """The Redis holding the state shared by the replicas cannot be reached, or failed: the request is told
     to try again later."""
@@ -114,10 +156,13 @@ class Shared:
         self.where = _where(url)
         self._rpm = limits.rpm
         self._tpm = limits.tpm
+        self._prompt_prefixes = limits.prompt_prefixes or 1
         self._slots = slots
         self._client: redis.asyncio.Redis | None = None
         self._charges: _Batches | None = None
         self._faults: _Batches | None = None
+        self._lookups: _Batches | None = None
+        self._additions: _Batches | None = None
 
     async def acquire(self) -> bool:
         """As ``State.acquire``: this replica's slots."""
@@ -146,6 +191,18 @@ class Shared:
             self._faults = _Batches(self._script(_FAULT), [FAULT_TTL], 1, self.where)
         return int((await self._faults.ask(f"mockgpt:fault:{key}"))[0])
 
+    async def cached_prefix(self, keys: list[bytes]) -> int:
+        """As ``State.cached_prefix``, for every replica sharing the Redis."""
+        if self._lookups is None:
+            self._lookups = _Batches(self._script(_CACHED), [], 1, self.where)
+        return int((await self._lookups.ask(_PREFIXES, len(keys), *keys))[0])
+
+    async def cache_prefixes(self, keys: list[bytes]) -> None:
+        """As ``State.cache_prefixes``, for every replica sharing the Redis."""
+        if self._additions is None:
+            self._additions = _Batches(self._script(_CACHE), [self._prompt_prefixes], 0, self.where)
+        await self._additions.ask(_PREFIXES, len(keys), *keys)
+
     async def close(self) -> None:
         """Close the connections to Redis, and the slots."""
         if self._client is not None:
@@ -172,10 +229,10 @@ class _Batches:
         self._fixed = fixed
         self._width = width
         self._where = where
-        self._waiting: list[tuple[str, tuple[int, ...], asyncio.Future[list[Any]]]] = []
+        self._waiting: list[tuple[str, tuple[int | bytes, ...], asyncio.Future[list[Any]]]] = []
         self._sending: asyncio.Task[None] | None = None
 
-    def ask(self, key: str, *args: int) -> asyncio.Future[list[Any]]:
+    def ask(self, key: str, *args: int | bytes) -> asyncio.Future[list[Any]]:
         """The answer to an operation on ``key`` with ``args``, once its batch is back."""
         future = asyncio.get_running_loop().create_future()
         self._waiting.append((key, args, future))
@@ -191,7 +248,7 @@ class _Batches:
         finally:
             self._sending = None
 
-    async def _answer(self, batch: list[tuple[str, tuple[int, ...], asyncio.Future[list[Any]]]]) -> None:
+    async def _answer(self, batch: list[tuple[str, tuple[int | bytes, ...], asyncio.Future[list[Any]]]]) -> None:
         keys, args = [key for key, _, _ in batch], [*self._fixed, *(arg for _, more, _ in batch for arg in more)]
         try:
             answers = await self._script(keys=keys, args=args)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from random import getrandbits
 from urllib.parse import quote
 
@@ -15,6 +15,7 @@ from xxhash import xxh3_128_hexdigest
 from mockgpt.api import chat_render, embeddings, embeddings_render, messages_render, responses, responses_render
 from mockgpt.api.chat import ChatCompletionRequest, CompletionRequest
 from mockgpt.api.messages import CountTokens, CreateMessage, occurring, prompt
+from mockgpt.api.responses import CreateResponse
 from mockgpt.errors import NotFound
 from mockgpt.index import replay, tokens, vectors
 from mockgpt.index.canonical import Message, calls_of, text_of
@@ -24,7 +25,7 @@ from mockgpt.serve.asgi import JSON_TYPE, Send, send_whole
 from mockgpt.serve.pacing import Timing
 from mockgpt.serve.state import Limits
 
-__all__ = ["MODEL_CREATED", "Reply", "Service", "Settings", "random_id", "send_error"]
+__all__ = ["MODEL_CREATED", "Cached", "Reply", "Service", "Settings", "random_id", "send_error"]
 
 MODEL_CREATED = 1_700_000_000
 
@@ -66,6 +67,9 @@ class Settings(msgspec.Struct, kw_only=True):
     # vLLM's metrics (vllm_metrics.py): the model_name label, and the KV cache the load is measured against.
     served_model_name: str = "mockgpt"
     kv_cache_tokens: int = 1 << 20
+    # Prompt caching (prompt_cache.py), and the prompt prefixes it remembers.
+    prompt_cache: bool = False
+    prompt_cache_size: int = 65_536
     # Where rate-limit budgets and fault counters are shared with other replicas: a redis:// URL
     # (redis_state.py); None keeps them to this server.
     state: str | None = None
@@ -110,15 +114,23 @@ class Settings(msgspec.Struct, kw_only=True):
 
     @property
     def limits(self) -> Limits:
-        return Limits(max_concurrency=self.max_concurrency, max_queue=self.max_queue, rpm=self.rpm, tpm=self.tpm)
+        return Limits(
+            max_concurrency=self.max_concurrency, max_queue=self.max_queue, rpm=self.rpm, tpm=self.tpm,
+            prompt_prefixes=self.prompt_cache_size if self.prompt_cache else None,
+        )
 
     @property
     def busy(self) -> bool:
-        """Whether any option makes the server behave as a busy one: pacing, limits, random faults, metrics."""
+        """Whether any option makes the server behave as a busy one: pacing, limits, random faults, metrics,
+        prompt caching."""
         return bool(
             self.ttft_ms or self.itl_ms or self.prefill_ms_per_1k or self.max_concurrency or self.rpm or self.tpm
-            or self.fault_rate or self.metrics
+            or self.fault_rate or self.metrics or self.prompt_cache
         )
+
+
+# How many of a prompt's tokens, given their number, the prompt cache holds (prompt_cache.py).
+Cached = Callable[[int], int]
 
 
 class Reply(msgspec.Struct, gc=False):
@@ -135,6 +147,9 @@ class Reply(msgspec.Struct, gc=False):
     max_tokens: int | None = None
     # The tokens of its longest choice: the steps a model takes to write them all, side by side.
     steps: int = 0
+    # Prompt tokens found in the prompt cache, and the keys of the prompt's prefixes it then remembers.
+    cached_tokens: int = 0
+    prefixes: list[bytes] = []
 
 
 class Service:
@@ -151,14 +166,15 @@ class Service:
         # Loaded on the first count_tokens request: no other request tokenizes.
         self._tokenizer: tokens.Tokenizer | None = None
 
-    def chat(self, request: ChatCompletionRequest) -> Reply:
+    def chat(self, request: ChatCompletionRequest, cached: Cached | None = None) -> Reply:
+        """A chat completion; ``cached`` tells how much of its prompt the prompt cache holds."""
         try:
             record, drawn = self.replayer.find(request.messages), None
         except replay.Unrecorded as miss:
             _, record, drawn = self.replayer.stand_in(request.messages, miss)
         # The key left the request's system messages out, but its prompt holds them: count what was sent.
         sent = drawn if drawn is not None else self.replayer.system_tokens(request.messages) if self.settings.ignore_system else 0
-        if self._whole_answer(request):
+        if cached is None and self._whole_answer(request):
             answer = self.replayer.choose(record, 1, request.seed, sent)[0]
             request_id = random_id()
             id, created = "chatcmpl-" + request_id[:29], int(time.time())
@@ -170,12 +186,18 @@ class Service:
         cuts = [replay.cut(answer, max_tokens, request.stop) for answer in answers]
         id, created, headers = self._identity("chatcmpl-", request, cuts, drawn=drawn)
         limit = max_tokens * len(cuts) if max_tokens else None
+        prompt_tokens = cuts[0].answer.prompt_tokens
+        hit = cached(prompt_tokens) if cached else 0
         if request.stream:
             include_usage = bool(request.stream_options and request.stream_options.include_usage)
-            frames = chat_render.chat_chunks(id, created, request.model, self.fingerprint, cuts, include_usage)
-            return _reply(headers, cuts, cuts[0].answer.prompt_tokens, limit, frames=frames)
-        body = chat_render.chat_completion(id, created, request.model, self.fingerprint, cuts)
-        return _reply(headers, cuts, cuts[0].answer.prompt_tokens, limit, body=body)
+            frames = chat_render.chat_chunks(id, created, request.model, self.fingerprint, cuts, include_usage, hit)
+            return _reply(headers, cuts, prompt_tokens, limit, frames=frames, cached=hit)
+        body = chat_render.chat_completion(id, created, request.model, self.fingerprint, cuts, hit)
+        return _reply(headers, cuts, prompt_tokens, limit, body=body, cached=hit)
+
+    def chat_prompt(self, request: ChatCompletionRequest) -> list[bytes]:
+        """A chat request's prompt framed a message at a time, as the prompt cache keys it."""
+        return self.replayer.framed(request.messages)
 
     def _whole_answer(self, request: ChatCompletionRequest) -> bool:
         """Whether the reply is one whole answer, not streamed, with a random id: most requests. They take
@@ -212,11 +234,12 @@ class Service:
         body = chat_render.completion(id, created, request.model, self.fingerprint, cuts, prompt_tokens)
         return _reply(headers, cuts, prompt_tokens, limit, body=body)
 
-    def responses(self, request: responses.CreateResponse) -> Reply:
-        """A Responses API hit: the answer to its input, after the history of its ``previous_response_id``."""
+    def responses(self, request: CreateResponse, cached: Cached | None = None) -> Reply:
+        """A Responses API hit: the answer to its input, after the history of its ``previous_response_id``;
+        ``cached`` tells how much of its prompt the prompt cache holds."""
         prompt = responses.prompt(request, self.response_ids)
         try:
-            (offset, record), drawn = self.replayer.locate(prompt.messages, prompt.history, prompt.sent), None
+            (offset, record), drawn = self.replayer.locate(prompt.messages, prompt.framed_history, prompt.sent), None
         except replay.Unrecorded as miss:
             offset, record, drawn = self.replayer.stand_in(prompt.messages, miss)
         sent = drawn if drawn is not None else self.replayer.system_tokens(prompt.messages) if self.settings.ignore_system else 0
@@ -225,9 +248,16 @@ class Service:
         kept = cut.completion_tokens if cut.finish_reason == "length" else 0
         id = self.response_ids.make(responses.Served(offset, 0, kept, created, int(unique[:4], 16)))
         counts = cut.answer.prompt_tokens, cut.completion_tokens, request.max_output_tokens, cut.completion_tokens
+        hit = cached(cut.answer.prompt_tokens) if cached else 0
         if request.stream:
-            return Reply(headers, b"", responses_render.events(id, created, cut, request), *counts)
-        return Reply(headers, responses_render.response_body(id, created, cut, request), None, *counts)
+            return Reply(headers, b"", responses_render.events(id, created, cut, request, hit), *counts, cached_tokens=hit)
+        return Reply(headers, responses_render.response_body(id, created, cut, request, hit), None, *counts, cached_tokens=hit)
+
+    def responses_prompt(self, request: CreateResponse) -> list[bytes]:
+        """A Responses API request's prompt framed a message at a time, as the prompt cache keys it: the
+        recorded prompt and answer of its ``previous_response_id`` first, if it has one."""
+        asked = responses.prompt(request, self.response_ids)
+        return [*asked.history, *self.replayer.framed(asked.messages)]
 
     def messages(self, request: CreateMessage) -> Reply:
         """An Anthropic Messages API hit: the answer to its messages, after its system prompt."""
@@ -306,10 +336,10 @@ def _lengthened(answers: list[Answer], request: ChatCompletionRequest | Completi
 
 def _reply(
     headers: list[tuple[bytes, bytes]], cuts: list[replay.Cut], prompt_tokens: int, max_tokens: int | None,
-    body: bytes = b"", frames: Iterator[bytes] | None = None,
+    body: bytes = b"", frames: Iterator[bytes] | None = None, cached: int = 0,
 ) -> Reply:
     tokens = [cut.completion_tokens for cut in cuts]
-    return Reply(headers, body, frames, prompt_tokens, sum(tokens), max_tokens, max(tokens))
+    return Reply(headers, body, frames, prompt_tokens, sum(tokens), max_tokens, max(tokens), cached)
 
 
 def random_id() -> str:

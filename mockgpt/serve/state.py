@@ -1,4 +1,5 @@
-"""The state that holds for the server as a whole: answer slots, rate-limit budgets and fault counters.
+"""The state that holds for the server as a whole: answer slots, rate-limit budgets, fault counters and
+the prompts seen lately.
 
 ``State`` is what the request path sees of it, whichever keeps it. ``Local`` keeps it in the process: one
 worker uses it directly, and with several workers the coordinator (coordinator.py) keeps its one copy in
@@ -21,7 +22,9 @@ import msgspec
 
 from mockgpt.errors import MockGPTError
 
-__all__ = ["UNLIMITED", "Bucket", "Budgets", "Faults", "Gate", "Limits", "Local", "SharedStateError", "State", "Verdict", "judge"]
+__all__ = [
+    "UNLIMITED", "Bucket", "Budgets", "Faults", "Gate", "Limits", "Local", "Prefixes", "SharedStateError", "State", "Verdict", "judge",
+]
 
 
 class SharedStateError(MockGPTError):
@@ -41,9 +44,13 @@ class Limits(msgspec.Struct, frozen=True):
     tpm: int | None = None
     # Fault keys remembered; the least recently used is forgotten first.
     fault_keys: int = 10_000
+    # Prompt prefixes remembered, for prompt caching (prompt_cache.py); None: no caching.
+    prompt_prefixes: int | None = None
 
     def __post_init__(self) -> None:
-        for name, least in [("max_concurrency", 1), ("max_queue", 0), ("rpm", 1), ("tpm", 1), ("fault_keys", 1)]:
+        for name, least in [
+            ("max_concurrency", 1), ("max_queue", 0), ("rpm", 1), ("tpm", 1), ("fault_keys", 1), ("prompt_prefixes", 1),
+        ]:
             value = getattr(self, name)
             if value is not None and value < least:
                 raise ValueError(f"{name} must be at least {least}, not {value}")
@@ -95,6 +102,17 @@ class State(Protocol):
         Only the ``fault_keys`` keys used last are remembered (in Redis, those used in the last hour): one
         forgotten starts again from 0.
         """
+
+    async def cached_prefix(self, keys: list[bytes]) -> int:
+        """How many of ``keys``, the keys of a prompt's prefixes from the shortest, the longest prefix that
+        ``cache_prefixes`` was given lately holds: its place in them plus one, 0 for none. That one counts
+        as used now.
+
+        Only the ``prompt_prefixes`` keys used last are remembered.
+        """
+
+    async def cache_prefixes(self, keys: list[bytes]) -> None:
+        """Remember ``keys``, a prompt's prefixes that a model has read, as used now."""
 
     async def close(self) -> None:
         """Let go of what the state holds open."""
@@ -291,6 +309,36 @@ class Faults:
         return count
 
 
+class Prefixes:
+    """The keys of the prompt prefixes seen lately: at most ``size``, the least recently used forgotten first."""
+
+    def __init__(self, size: int) -> None:
+        self._size = size
+        self._seen: OrderedDict[bytes, None] = OrderedDict()
+
+    def __len__(self) -> int:
+        """Keys remembered."""
+        return len(self._seen)
+
+    def longest(self, keys: list[bytes]) -> int:
+        """As ``State.cached_prefix``."""
+        seen = self._seen
+        for place in range(len(keys) - 1, -1, -1):
+            if keys[place] in seen:
+                seen.move_to_end(keys[place])
+                return place + 1
+        return 0
+
+    def add(self, keys: list[bytes]) -> None:
+        """As ``State.cache_prefixes``."""
+        seen = self._seen
+        for key in keys:
+            seen[key] = None
+            seen.move_to_end(key)
+        while len(seen) > self._size:
+            seen.popitem(last=False)
+
+
 class Local:
     """The shared state in this process: for a server with one worker, and inside the coordinator."""
 
@@ -299,6 +347,7 @@ class Local:
         self.gate = Gate(limits.max_concurrency, limits.max_queue)
         self.budgets = Budgets(limits.rpm, limits.tpm, clock)
         self.faults = Faults(limits.fault_keys)
+        self.prefixes = Prefixes(limits.prompt_prefixes or 1)
 
     async def acquire(self) -> bool:
         """As ``State.acquire``."""
@@ -326,6 +375,14 @@ class Local:
     async def fault_step(self, key: str) -> int:
         """As ``State.fault_step``."""
         return self.faults.step(key)
+
+    async def cached_prefix(self, keys: list[bytes]) -> int:
+        """As ``State.cached_prefix``."""
+        return self.prefixes.longest(keys)
+
+    async def cache_prefixes(self, keys: list[bytes]) -> None:
+        """As ``State.cache_prefixes``."""
+        self.prefixes.add(keys)
 
     async def close(self) -> None:
         """Nothing to let go of."""

@@ -51,6 +51,7 @@ from mockgpt.serve.asgi import (
 from mockgpt.serve.faults import Fault
 from mockgpt.serve.metrics import Metrics
 from mockgpt.serve.pacing import Pace, Pacer, slowdown
+from mockgpt.serve.prompt_cache import PromptCache
 from mockgpt.serve.service import Reply, Service, Settings, send_error
 from mockgpt.serve.state import SharedStateError, State, Verdict
 from mockgpt.serve.vllm_metrics import Finished
@@ -97,6 +98,7 @@ class Traffic:
         self.rate_limited = bool(settings.rpm or settings.tpm)
         self.capacity = settings.max_concurrency is not None
         self.overload_status = settings.overload_status
+        self.prompt_cache = PromptCache(service, state) if settings.prompt_cache else None
         api_key = settings.api_key
         self._authorization = None if api_key is None else f"Bearer {api_key}".encode()
         # Per route: how its body is read, and what answers it.
@@ -156,7 +158,10 @@ class Traffic:
             asked: _Asked | APIError = _asked(headers)
         except APIError as error:
             asked = error
-        reply = self._reply(api, body)
+        if self.prompt_cache is None:
+            reply = self._reply(api, body)
+        else:
+            reply = await self.prompt_cache.reply(api, body, _api_key(headers))
         extra: list[tuple[bytes, bytes]] = []
         wire = api.wire
         if self.rate_limited:
@@ -210,13 +215,16 @@ class Traffic:
             if not admitted:
                 await self._overloaded(api, send, extra)
                 return
+        if reply.prefixes:
+            # Let in: the model reads the prompt now.
+            await self.state.cache_prefixes(reply.prefixes)
         held = reply.prompt_tokens + reply.completion_tokens
         self.running += 1
         if self.metrics:
             self.metrics.vllm.running(1, held)
         try:
             paced = self.paced or asked.ttft is not None or asked.itl is not None
-            timing = self.pacer.pace(reply.prompt_tokens, asked.ttft, asked.itl) if paced else None
+            timing = self.pacer.pace(reply.prompt_tokens - reply.cached_tokens, asked.ttft, asked.itl) if paced else None
             await self._deliver(reply, fault, timing, extra, receive, send)
         finally:
             self.running -= 1
@@ -351,7 +359,9 @@ def _finished(served: tuple[Reply, float], outcome: str, watch: _Watch, now: flo
     cut = reply.max_tokens is not None and reply.completion_tokens >= reply.max_tokens
     reason = "abort" if outcome == "gone" else "length" if cut else "stop"
     first = watch.first - watch.started if watch.first is not None and watch.streamed else None
-    return Finished(reply.prompt_tokens, reply.completion_tokens, reply.max_tokens, reason, waited, first, now - watch.started)
+    return Finished(
+        reply.prompt_tokens, reply.completion_tokens, reply.max_tokens, reason, waited, first, now - watch.started, reply.cached_tokens
+    )
 
 
 class _Watch:

@@ -73,8 +73,9 @@ def buckets_1_2_5(top: int) -> list[int]:
 
 
 class Finished(NamedTuple):
-    """An answered request, for the histograms: its tokens, the most it allowed, how it ended, and its
-    times in seconds from its arrival (``first``: to its first token, None if not streamed)."""
+    """An answered request, for the histograms: its tokens, the most it allowed, how it ended, its times in
+    seconds from its arrival (``first``: to its first token, None if not streamed), and its prompt tokens
+    found in the prompt cache."""
 
     prompt_tokens: int
     generation_tokens: int
@@ -83,6 +84,7 @@ class Finished(NamedTuple):
     queued: float
     first: float | None
     total: float
+    cached_tokens: int = 0
 
 
 # Each histogram: the name it is kept under here, and vLLM's name, description and buckets (None: token
@@ -130,13 +132,16 @@ class VllmFamilies:
         self.waiting = gauge("vllm:num_requests_waiting", "Number of requests waiting to be processed.")
         self.gpu_cache = gauge("vllm:gpu_cache_usage_perc", "GPU KV-cache usage. 1 means 100 percent usage.")
         self.kv_cache = gauge("vllm:kv_cache_usage_perc", "KV-cache usage. 1 means 100 percent usage.")
-        self.zero = [
+        # Counted with --prompt-cache (prompt_cache.py), in tokens; 0 without.
+        self.prefix_queries = [
             counter("vllm:gpu_prefix_cache_queries", "GPU prefix cache queries, in terms of number of queried tokens."),
-            counter("vllm:gpu_prefix_cache_hits", "GPU prefix cache hits, in terms of number of cached tokens."),
             counter("vllm:prefix_cache_queries", "Prefix cache queries, in terms of number of queried tokens."),
-            counter("vllm:prefix_cache_hits", "Prefix cache hits, in terms of number of cached tokens."),
-            counter("vllm:num_preemptions", "Cumulative number of preemption from the engine."),
         ]
+        self.prefix_hits = [
+            counter("vllm:gpu_prefix_cache_hits", "GPU prefix cache hits, in terms of number of cached tokens."),
+            counter("vllm:prefix_cache_hits", "Prefix cache hits, in terms of number of cached tokens."),
+        ]
+        self.preemptions = counter("vllm:num_preemptions", "Cumulative number of preemption from the engine.")
         self.prompt_tokens = counter("vllm:prompt_tokens", "Number of prefill tokens processed.")
         self.generation_tokens = counter("vllm:generation_tokens", "Number of generation tokens processed.")
         self.success = counter("vllm:request_success", "Count of successfully processed requests.", "finished_reason")
@@ -156,19 +161,22 @@ class VllmSeries:
 
     BLOCK_SIZE = 16
 
-    def __init__(self, families: VllmFamilies, model_name: str, kv_cache_tokens: int) -> None:
+    def __init__(self, families: VllmFamilies, model_name: str, kv_cache_tokens: int, prefix_caching: bool = False) -> None:
         labels = (model_name, "0")
         self._running, self._waiting = families.running.labels(*labels), families.waiting.labels(*labels)
         self._caches = families.gpu_cache.labels(*labels), families.kv_cache.labels(*labels)
         self._kv_cache_tokens = kv_cache_tokens
         self._tokens = 0
-        for family in families.zero:
-            family.labels(*labels)
+        families.preemptions.labels(*labels)
+        # vLLM counts prefix-cache queries only when it caches prefixes.
+        self._prefix_caching = prefix_caching
+        self._prefix_queries = [family.labels(*labels) for family in families.prefix_queries]
+        self._prefix_hits = [family.labels(*labels) for family in families.prefix_hits]
         self._success = {reason: families.success.labels(*labels, reason) for reason in FINISH_REASONS}
         self._prompt_tokens, self._generation_tokens = families.prompt_tokens.labels(*labels), families.generation_tokens.labels(*labels)
         self._observed = {key: family.labels(*labels) for key, family in families.histograms.items()}
         blocks = kv_cache_tokens // self.BLOCK_SIZE
-        families.cache_config.labels(str(self.BLOCK_SIZE), str(blocks), "False", "0").set(1)
+        families.cache_config.labels(str(self.BLOCK_SIZE), str(blocks), str(prefix_caching), "0").set(1)
 
     def waiting(self, change: int, tokens: int) -> None:
         """``change`` requests of ``tokens`` prompt tokens started (1) or stopped (-1) waiting."""
@@ -191,6 +199,10 @@ class VllmSeries:
         self._prompt_tokens.inc(request.prompt_tokens)
         self._generation_tokens.inc(request.generation_tokens)
         self._success[request.reason].inc()
+        if self._prefix_caching:
+            for queries, hits in zip(self._prefix_queries, self._prefix_hits):
+                queries.inc(request.prompt_tokens)
+                hits.inc(request.cached_tokens)
         observed: dict[str, float] = {"prompt": request.prompt_tokens, "generation": request.generation_tokens}
         if request.max_tokens:
             observed["max_generation"] = observed["max_tokens"] = request.max_tokens
