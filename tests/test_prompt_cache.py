@@ -151,7 +151,9 @@ def responses_walk(client: openai.OpenAI, stream: bool) -> list[tuple[int, int]]
         else:
             response = client.responses.create(**asked)
         assert response.usage is not None
-        usages.append((response.usage.input_tokens, response.usage.input_tokens_details.cached_tokens))
+        # As a dict: the oldest SDK supported has no input_tokens_details in its types yet.
+        usage = response.usage.model_dump()
+        usages.append((usage["input_tokens"], usage["input_tokens_details"]["cached_tokens"]))
         previous = response.id
     return usages
 
