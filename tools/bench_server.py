@@ -15,7 +15,8 @@ Needs `wrk` (Debian: apt-get install wrk), `taskset` and `redis-server`. The ser
    records its misses (`--upstream` an unreachable address, `--record` a file: a miss would fail the
    run), against plain `serve`. And hits under a rate limit set high enough never to refuse (`--rpm`),
    with the budgets kept in one local Redis (`--state`, a `redis-server` on core 1 beside wrk) and in the
-   process, against hits with no limits. Rounds alternate between the rows, and every figure is the
+   process, against hits with no limits; and hits with `--prompt-cache`, against those with `--rpm` (both
+   through the traffic layer) and with no option. Rounds alternate between the rows, and every figure is the
    median of the rounds; `--rows` runs some of them only (and skips 2. and 3.). The server's CPU time per request (user and system, from /proc) is a second measure that
    noise moves less. Embeddings too: each request one input of 200 `cl100k_base` tokens, the start of a
    real answer, for `text-embedding-3-small` (1,536 dimensions) in base64 (the SDKs' default), against
@@ -197,7 +198,7 @@ def replay_all(server: Server, bodies: Path, work: Path, count: int) -> None:
 
 
 REDIS_PORT = 9875
-ROWS = ["ceiling", "mockgpt", "responses", "messages", "recording", "text", "tools", "rpm", "redis", "embeddings"]
+ROWS = ["ceiling", "mockgpt", "responses", "messages", "recording", "text", "tools", "rpm", "redis", "cache", "embeddings"]
 
 
 @contextlib.contextmanager
@@ -265,6 +266,7 @@ def run(args: argparse.Namespace, work: Path) -> None:
         "tools": (bodies, "/v1/chat/completions", work / "tools.mgpt", ()),
         "rpm": (bodies, "/v1/chat/completions", work / "real.mgpt", never),
         "redis": (bodies, "/v1/chat/completions", work / "real.mgpt", (*never, "--state", f"redis://127.0.0.1:{REDIS_PORT}/0")),
+        "cache": (bodies, "/v1/chat/completions", work / "real.mgpt", ("--prompt-cache",)),
         "embeddings": (write_bodies(work / "embeddings.txt", embeddings_bodies(answers[:20_000])[:2000]), "/v1/embeddings", work / "real.mgpt", ()),
     }
     runs = {name: row for name, row in runs.items() if args.rows is None or name in args.rows}
@@ -308,6 +310,8 @@ def report(args: argparse.Namespace, rates: dict[str, list[float]], cpu: dict[st
         ("rpm", "mockgpt", "hits with --rpm, budgets in the process, vs no limits"),
         ("redis", "mockgpt", "hits with --rpm, budgets in Redis (--state), vs no limits"),
         ("redis", "rpm", "hits with --rpm, budgets in Redis (--state), vs in the process"),
+        ("cache", "rpm", "hits with --prompt-cache vs with --rpm (both through the traffic layer)"),
+        ("cache", "mockgpt", "hits with --prompt-cache vs plain serve"),
         ("messages", "mockgpt", "the same conversations as Messages API hits vs chat completion hits"),
         ("embeddings", "mockgpt", "embeddings, one 200-token input at 1,536 dimensions, vs chat completion hits"),
     ]:
