@@ -16,7 +16,7 @@ the pieces are bytes that join back to the answer's UTF-8 encoding.
 from __future__ import annotations
 
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Protocol
 
 __all__ = [
@@ -66,20 +66,33 @@ class Tokenizer:
 
 
 class EmbeddingTokenizer:
-    """``cl100k_base``: texts as token ids, and each token's bytes."""
+    """``cl100k_base``: texts as token ids, and each token's bytes.
+
+    Texts are encoded by quicktok, whose exact ``cl100k_base`` takes half the time of bpe-openai's (a
+    vector's tokens are half the work of an embeddings request). bpe-openai counts a text of more
+    characters than the limit up to it, and is loaded by the first such text."""
 
     def __init__(self) -> None:
-        self._backend = _backend(EMBEDDING_ENCODING)
+        # Imported here: a server loads it with the first embeddings request. Its vocabulary is bundled.
+        import quicktok
+
+        self._encode: Callable[[str], list[int]] = quicktok.get_encoding(EMBEDDING_ENCODING).encode_ordinary
+        self._counter: _Backend | None = None
         self._pieces: list[bytes] | None = None
 
     def encode(self, text: str, limit: int) -> list[int] | None:
         """The token ids of ``text``; None if they are more than ``limit``. A text of more characters than
         that is counted first, up to the limit, so that a long one is not tokenized whole to be refused."""
         text = sanitize(text)
-        if len(text) > limit and self._backend.count_till_limit(text, limit) is None:
+        if len(text) > limit and self._count_till_limit(text, limit) is None:
             return None
-        ids = self._backend.encode(text)
+        ids = self._encode(text)
         return ids if len(ids) <= limit else None
+
+    def _count_till_limit(self, text: str, limit: int) -> int | None:
+        if self._counter is None:
+            self._counter = _backend(EMBEDDING_ENCODING)
+        return self._counter.count_till_limit(text, limit)
 
     @property
     def pieces(self) -> list[bytes]:
