@@ -33,9 +33,11 @@ import numpy as np
 import numpy.typing as npt
 from xxhash import xxh3_64_intdigest
 
-__all__ = ["COARSE", "PAIRS", "STOP_WORDS", "TRIGRAMS", "WIDTH", "Embedder", "Vector"]
+__all__ = ["COARSE", "PAIRS", "STOP_WORDS", "TRIGRAMS", "WIDTH", "Embedder", "Ids", "Vector"]
 
 Vector = npt.NDArray[np.float32]
+# Token ids: as the tokenizer gives them, or as a request spells them.
+Ids = npt.NDArray[np.uint32] | Sequence[int]
 
 COARSE = 256
 TRIGRAMS = 1.5
@@ -71,10 +73,10 @@ class Embedder:
         # By vector size: each token's coordinates and signed weights, a row of WIDTH each.
         self._features: dict[int, tuple[npt.NDArray[np.int16], npt.NDArray[np.float32]]] = {}
 
-    def embed(self, tokens: Sequence[int], size: int, dimensions: int | None = None) -> Vector:
+    def embed(self, tokens: Ids, size: int, dimensions: int | None = None) -> Vector:
         """The unit vector of the token ids ``tokens`` among vectors of ``size`` coordinates, or its first
         ``dimensions`` coordinates scaled to unit length."""
-        ids = np.fromiter(tokens, np.intp, len(tokens))
+        ids = np.asarray(tokens, np.intp)
         kept = ids.compress(self._kept.take(ids))
         if not len(kept):
             kept = ids
