@@ -96,7 +96,7 @@ class Embedder:
         coordinates, weights = np.empty(words + len(pairs), np.intp), np.empty(words + len(pairs))
         coordinates[:words] = rows.take(kept, 0).ravel()
         weights[:words] = row_weights.take(kept, 0).ravel()
-        np.remainder(pairs, np.uint64(size), out=coordinates[words:], casting="unsafe")
+        coordinates[words:] = pairs % np.uint64(size)
         # A pair's sign is its digest's top bit: the sign of the same 64 bits read as a signed integer.
         np.copysign(PAIRS, pairs.view(np.int64), out=weights[words:])
         return coordinates, weights
@@ -141,10 +141,9 @@ def _features(word: str, size: int) -> tuple[list[int], list[float]]:
 
 
 def _unit(vector: npt.NDArray[np.float64]) -> Vector:
-    norm = math.sqrt(float(vector @ vector))
+    norm = math.sqrt(float(np.dot(vector, vector)))
     if not norm:
         # Every feature fell past a short vector's end: any unit vector is as good as another.
         vector = np.zeros(len(vector))
         vector[0], norm = 1.0, 1.0
-    # Divided as doubles and rounded once to float32, in one call.
-    return np.divide(vector, norm, out=np.empty(len(vector), np.float32), casting="same_kind")
+    return (vector / norm).astype(np.float32)
