@@ -35,7 +35,7 @@ def test_a_wing_imports_only_the_wings_below_it(name: str, below: list[str]) -> 
 def test_the_app_does_not_import_the_indexer() -> None:
     modules = loaded("mockgpt.serve.app")
     assert "litestar" in modules
-    assert not {"ijson", "mockgpt.index.dataset", "mockgpt.index.writer", "mockgpt.index.build", "bpe_openai"} & modules
+    assert not {"ijson", "mockgpt.index.dataset", "mockgpt.index.writer", "mockgpt.index.build", "bpe_openai", "quicktok"} & modules
     # Metrics are an option: without it, their library is never loaded.
     assert "prometheus_client" not in modules
 

@@ -10,10 +10,11 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import ijson
 import openai
 import pytest
 
-from mockgpt.index.tokens import EMBEDDING_ENCODING, _backend
+from mockgpt.index.tokens import EMBEDDING_ENCODING, EmbeddingTokenizer, _backend
 from mockgpt.testing import MockServer
 
 from .conftest import BUSY, sharegpt
@@ -124,6 +125,39 @@ def test_usage_counts_cl100k_tokens(client: openai.OpenAI) -> None:
     tokenizer = _backend(EMBEDDING_ENCODING)
     response = client.embeddings.create(input=DOCUMENTS, model=SMALL)
     assert response.usage.prompt_tokens == response.usage.total_tokens == sum(map(tokenizer.count, DOCUMENTS))
+
+
+# Texts whose pre-tokenizing is easy to get wrong: runs of spaces and newlines, contractions in any case,
+# long numbers, marks that combine, characters outside the BMP, and letters that change length in case.
+AWKWARD = [
+    " ", "   x", "a  b\n\n\n  c", "x\r\n\r\ny", "\t\tindented", "1234567", "THEY'LL I'M we'Ve", "e\u0301te",
+    "\U0001f916 robots \U0001f600\U0001f600", "\u65e5\u672c\u8a9e\u306e\u6587", "\uff21\uff42\uff43", "\u0130stanbul stra\u00dfe", "\ufb01ne", "a" * 5000,
+]
+
+
+def real_texts(path: Path, count: int) -> Iterator[str]:
+    """The first ``count`` messages of the real prefix, of every language and code."""
+    with open(path, "rb") as file:
+        for number, text in enumerate(ijson.items(file, "item.conversations.item.value")):
+            if number == count:
+                return
+            yield text
+
+
+def test_texts_are_tokenized_as_cl100k_base(sharegpt_path: Path) -> None:
+    tokenizer, reference = EmbeddingTokenizer(), _backend(EMBEDDING_ENCODING)
+
+    def encoded(text: str, limit: int) -> list[int] | None:
+        ids = tokenizer.encode(text, limit)
+        return None if ids is None else ids.tolist()
+
+    for text in [*AWKWARD, *real_texts(sharegpt_path, 3000)]:
+        assert encoded(text, 1 << 20) == reference.encode(text), text[:80]
+    # At the limit and one over it, for a text longer than the limit in characters and for one shorter.
+    for text in ["word " * 10, "\u65e5\u672c\u8a9e\u306e\u6587" * 3]:
+        ids = reference.encode(text)
+        assert encoded(text, len(ids)) == ids
+        assert encoded(text, len(ids) - 1) is None
 
 
 def test_token_arrays_embed_as_the_text_they_spell(client: openai.OpenAI) -> None:

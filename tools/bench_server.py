@@ -126,7 +126,8 @@ def twin_datasets(sample: list[bytes], answers: list[str], work: Path) -> tuple[
 def embeddings_bodies(answers: list[str], tokens: int = 200) -> list[bytes]:
     """A body for each answer of ``tokens`` tokens or more: one input, its first ``tokens`` tokens."""
     tokenizer = EmbeddingTokenizer()
-    spelt = [[tokenizer.pieces[id] for id in (tokenizer.encode(answer, sys.maxsize) or [])[:tokens]] for answer in answers]
+    encoded = [tokenizer.encode(answer, sys.maxsize) for answer in answers]
+    spelt = [[tokenizer.pieces[id] for id in ids[:tokens]] for ids in encoded if ids is not None]
     texts = [b"".join(pieces).decode("utf-8", "replace") for pieces in spelt if len(pieces) == tokens]
     return [msgspec.json.encode({"input": text, "model": "text-embedding-3-small", "encoding_format": "base64"}) for text in texts]
 

@@ -16,6 +16,7 @@ from msgspec import Struct
 
 from mockgpt.errors import BadRequest, NotFound, TooManyTokens
 from mockgpt.index.tokens import EmbeddingTokenizer
+from mockgpt.index.vectors import Ids
 
 __all__ = [
     "MAX_INPUTS",
@@ -76,7 +77,7 @@ class Inputs(NamedTuple):
     """A request's inputs as token ids, the tokens they cost, the model's vector size, the size asked
     for, and the model the response names."""
 
-    inputs: list[list[int]]
+    inputs: list[Ids]
     tokens: int
     size: int
     dimensions: int | None
@@ -89,7 +90,7 @@ def read(request: EmbeddingRequest, tokenizer: EmbeddingTokenizer) -> Inputs:
     items = _items(request.input)
     size, shortens = _model(request.model)
     dimensions = _dimensions(request.dimensions, size, shortens)
-    inputs = []
+    inputs: list[Ids] = []
     for number, item in enumerate(items):
         ids = tokenizer.encode(item, MAX_INPUT_TOKENS) if isinstance(item, str) else _checked(item, number, tokenizer)
         if ids is None or len(ids) > MAX_INPUT_TOKENS:

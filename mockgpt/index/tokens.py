@@ -17,7 +17,11 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Sequence
-from typing import Protocol
+from typing import TYPE_CHECKING, Any, Protocol
+
+if TYPE_CHECKING:
+    import numpy as np
+    import numpy.typing as npt
 
 __all__ = [
     "EMBEDDING_ENCODING",
@@ -66,20 +70,35 @@ class Tokenizer:
 
 
 class EmbeddingTokenizer:
-    """``cl100k_base``: texts as token ids, and each token's bytes."""
+    """``cl100k_base``: texts as token ids, and each token's bytes.
+
+    Texts are encoded by quicktok, whose exact ``cl100k_base`` takes half the time of bpe-openai's (a
+    vector's tokens are half the work of an embeddings request), into an array: as many Python ints as
+    tokens would cost more than the tokenizing. bpe-openai counts a text of more characters than the
+    limit up to it, and is loaded by the first such text."""
 
     def __init__(self) -> None:
-        self._backend = _backend(EMBEDDING_ENCODING)
+        # Imported here: a server loads it with the first embeddings request. Its vocabulary is bundled.
+        import quicktok
+
+        self._encoding: Any = quicktok.get_encoding(EMBEDDING_ENCODING)
+        self._counter: _Backend | None = None
         self._pieces: list[bytes] | None = None
 
-    def encode(self, text: str, limit: int) -> list[int] | None:
+    def encode(self, text: str, limit: int) -> npt.NDArray[np.uint32] | None:
         """The token ids of ``text``; None if they are more than ``limit``. A text of more characters than
         that is counted first, up to the limit, so that a long one is not tokenized whole to be refused."""
         text = sanitize(text)
-        if len(text) > limit and self._backend.count_till_limit(text, limit) is None:
+        if len(text) > limit and self._count_till_limit(text, limit) is None:
             return None
-        ids = self._backend.encode(text)
+        # A batch of one on one thread, this one: the only call that answers with an array.
+        ids: npt.NDArray[np.uint32] = self._encoding.encode_batch([text], 1)[0]
         return ids if len(ids) <= limit else None
+
+    def _count_till_limit(self, text: str, limit: int) -> int | None:
+        if self._counter is None:
+            self._counter = _backend(EMBEDDING_ENCODING)
+        return self._counter.count_till_limit(text, limit)
 
     @property
     def pieces(self) -> list[bytes]:

@@ -33,9 +33,11 @@ import numpy as np
 import numpy.typing as npt
 from xxhash import xxh3_64_intdigest
 
-__all__ = ["COARSE", "PAIRS", "STOP_WORDS", "TRIGRAMS", "WIDTH", "Embedder", "Vector"]
+__all__ = ["COARSE", "PAIRS", "STOP_WORDS", "TRIGRAMS", "WIDTH", "Embedder", "Ids", "Vector"]
 
 Vector = npt.NDArray[np.float32]
+# Token ids: as the tokenizer gives them, or as a request spells them.
+Ids = npt.NDArray[np.uint32] | Sequence[int]
 
 COARSE = 256
 TRIGRAMS = 1.5
@@ -71,23 +73,33 @@ class Embedder:
         # By vector size: each token's coordinates and signed weights, a row of WIDTH each.
         self._features: dict[int, tuple[npt.NDArray[np.int16], npt.NDArray[np.float32]]] = {}
 
-    def embed(self, tokens: Sequence[int], size: int, dimensions: int | None = None) -> Vector:
+    def embed(self, tokens: Ids, size: int, dimensions: int | None = None) -> Vector:
         """The unit vector of the token ids ``tokens`` among vectors of ``size`` coordinates, or its first
         ``dimensions`` coordinates scaled to unit length."""
-        ids = np.array(tokens, np.intp)
-        kept = ids[self._kept[ids]]
+        ids = np.asarray(tokens, np.intp)
+        kept = ids.compress(self._kept.take(ids))
         if not len(kept):
             kept = ids
-        coordinates, weights = self._rows(size)
-        digests = self._digests[kept]
-        pairs = digests[:-1] * _PAIR ^ digests[1:]
-        signs = np.where(pairs >> np.uint64(63), -PAIRS, PAIRS)
-        summed: npt.NDArray[np.float64] = np.bincount(  # type: ignore[assignment]
-            np.concatenate([coordinates[kept].ravel(), (pairs % np.uint64(size)).astype(np.intp)]),
-            np.concatenate([weights[kept].ravel(), signs]),
-            minlength=size,
-        )
+        digests = self._digests.take(kept)
+        pairs: npt.NDArray[np.uint64] = digests[:-1] * _PAIR ^ digests[1:]
+        coordinates, weights = self._placed(kept, pairs, size)
+        summed: npt.NDArray[np.float64] = np.bincount(coordinates, weights, minlength=size)  # type: ignore[assignment]
         return _unit(summed[: dimensions or size])
+
+    def _placed(
+        self, kept: npt.NDArray[np.intp], pairs: npt.NDArray[np.uint64], size: int
+    ) -> tuple[npt.NDArray[np.intp], npt.NDArray[np.float64]]:
+        """Every feature's coordinate and signed weight: the tokens' rows, then their pairs. Each part is
+        written in place into one array of each, a few calls over whole arrays (numpy's cost is per call)."""
+        rows, row_weights = self._rows(size)
+        words = len(kept) * WIDTH
+        coordinates, weights = np.empty(words + len(pairs), np.intp), np.empty(words + len(pairs))
+        coordinates[:words] = rows.take(kept, 0).ravel()
+        weights[:words] = row_weights.take(kept, 0).ravel()
+        coordinates[words:] = pairs % np.uint64(size)
+        # A pair's sign is its digest's top bit: the sign of the same 64 bits read as a signed integer.
+        np.copysign(PAIRS, pairs.view(np.int64), out=weights[words:])
+        return coordinates, weights
 
     def _rows(self, size: int) -> tuple[npt.NDArray[np.int16], npt.NDArray[np.float32]]:
         rows = self._features.get(size)
@@ -129,7 +141,7 @@ def _features(word: str, size: int) -> tuple[list[int], list[float]]:
 
 
 def _unit(vector: npt.NDArray[np.float64]) -> Vector:
-    norm = math.sqrt(float(vector @ vector))
+    norm = math.sqrt(float(np.dot(vector, vector)))
     if not norm:
         # Every feature fell past a short vector's end: any unit vector is as good as another.
         vector = np.zeros(len(vector))
