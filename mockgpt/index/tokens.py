@@ -1,6 +1,9 @@
 """Real token counts and boundaries, computed once at index time with OpenAI's ``o200k_base``.
 
-The server never tokenizes: the index stores every answer's token boundaries and the prompt's count.
+A replayed request is never tokenized: the index stores every answer's token boundaries and the prompt's
+count. The server tokenizes only what no index holds: the prompts of synthesized misses and the system
+messages ``--ignore-system`` leaves out of the key (``Tokenizer``), Messages API ``count_tokens``, and
+embeddings inputs, in their models' ``cl100k_base`` (``EmbeddingTokenizer``).
 
 Prompt tokens follow OpenAI's published way of counting chat input: every message costs
 ``TOKENS_PER_MESSAGE`` (3) tokens of framing plus its role name (one token for each of "user",
