@@ -29,7 +29,10 @@ from mockgpt.serve.apis import APIS, Api
 from mockgpt.serve.service import Reply, Service
 from mockgpt.serve.state import State
 
-__all__ = ["BOUNDARIES", "MINIMUM", "STEP", "PrefixKeys", "PromptCache", "cached_tokens", "prefix_keys"]
+__all__ = ["BOUNDARIES", "MINIMUM", "STEP", "Answering", "PrefixKeys", "PromptCache", "cached_tokens", "prefix_keys"]
+
+# How a request of an API is read from its body, and the ``Service`` method that answers it.
+Answering = tuple[Callable[[bytes], Any], Callable[..., Reply]]
 
 MINIMUM = 1024
 STEP = 128
@@ -72,11 +75,14 @@ class PromptCache:
 
     def __init__(self, service: Service, state: State) -> None:
         self._state = state
-        self._answers = {api.route: _answering(service, api) for api in APIS.values()}
+        # Per route: what frames its prompt a message at a time; None for an API that is not cached.
+        self._prompts = {api.route: None if api.prompt is None else getattr(service, api.prompt) for api in APIS.values()}
 
-    async def reply(self, api: Api, body: bytes, api_key: str) -> Reply | None:
-        """The reply to a hit of ``api`` sent with ``api_key`` (its digest); None for anything else."""
-        decode, answer, prompt = self._answers[api.route]
+    async def reply(self, api: Api, body: bytes, api_key: str, answering: Answering) -> Reply | None:
+        """The reply to a hit of ``api`` sent with ``api_key`` (its digest), read and answered as
+        ``answering`` says; None for anything else."""
+        decode, answer = answering
+        prompt = self._prompts[api.route]
         try:
             request = decode(body)
             found = None if prompt is None else prefix_keys(_scope(api_key, request.model), prompt(request))
@@ -94,11 +100,6 @@ class PromptCache:
 def _scope(api_key: str, model: str) -> bytes:
     """What the keys of a prompt's prefixes begin with: the prompts of one API key and model share a cache."""
     return f"{api_key}\0{model}\0".encode("utf-8", "surrogatepass")
-
-
-def _answering(service: Service, api: Api) -> tuple[Callable[[bytes], Any], Callable[..., Reply], Callable[[Any], list[bytes]] | None]:
-    """How a request of ``api`` is read, answered, and framed a message at a time (None: not cached)."""
-    return api.decoder(), getattr(service, api.answer), None if api.prompt is None else getattr(service, api.prompt)
 
 
 def _answered(answer: Callable[..., Reply], *args: Any) -> Reply | None:

@@ -51,7 +51,7 @@ from mockgpt.serve.asgi import (
 from mockgpt.serve.faults import Fault
 from mockgpt.serve.metrics import Metrics
 from mockgpt.serve.pacing import Pace, Pacer, slowdown
-from mockgpt.serve.prompt_cache import PromptCache
+from mockgpt.serve.prompt_cache import Answering, PromptCache
 from mockgpt.serve.service import Reply, Service, Settings, send_error
 from mockgpt.serve.state import SharedStateError, State, Verdict
 from mockgpt.serve.vllm_metrics import Finished
@@ -102,7 +102,7 @@ class Traffic:
         api_key = settings.api_key
         self._authorization = None if api_key is None else f"Bearer {api_key}".encode()
         # Per route: how its body is read, and what answers it.
-        self._answers = {api.route: (api.decoder(), getattr(service, api.answer)) for api in APIS.values()}
+        self._answers: dict[str, Answering] = {api.route: (api.decoder(), getattr(service, api.answer)) for api in APIS.values()}
         logging.getLogger("uvicorn.error").addFilter(_Quiet())
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -161,7 +161,7 @@ class Traffic:
         if self.prompt_cache is None:
             reply = self._reply(api, body)
         else:
-            reply = await self.prompt_cache.reply(api, body, _api_key(headers))
+            reply = await self.prompt_cache.reply(api, body, _api_key(headers), self._answers[api.route])
         extra: list[tuple[bytes, bytes]] = []
         wire = api.wire
         if self.rate_limited:
