@@ -20,7 +20,7 @@ from mockgpt.errors import NotFound
 from mockgpt.index import replay, tokens, vectors
 from mockgpt.index.canonical import Message, calls_of, text_of
 from mockgpt.index.reader import Index
-from mockgpt.index.records import Answer
+from mockgpt.index.records import Answer, Record
 from mockgpt.serve.asgi import JSON_TYPE, Send, send_whole
 from mockgpt.serve.pacing import Timing
 from mockgpt.serve.state import Limits
@@ -168,12 +168,7 @@ class Service:
 
     def chat(self, request: ChatCompletionRequest, cached: Cached | None = None) -> Reply:
         """A chat completion; ``cached`` tells how much of its prompt the prompt cache holds."""
-        try:
-            record, drawn = self.replayer.find(request.messages), None
-        except replay.Unrecorded as miss:
-            _, record, drawn = self.replayer.stand_in(request.messages, miss)
-        # The key left the request's system messages out, but its prompt holds them: count what was sent.
-        sent = drawn if drawn is not None else self.replayer.system_tokens(request.messages) if self.settings.ignore_system else 0
+        _, record, drawn, sent = self._looked_up(request.messages)
         if cached is None and self._whole_answer(request):
             answer = self.replayer.choose(record, 1, request.seed, sent)[0]
             request_id = random_id()
@@ -198,6 +193,20 @@ class Service:
     def chat_prompt(self, request: ChatCompletionRequest) -> list[bytes]:
         """A chat request's prompt framed a message at a time, as the prompt cache keys it."""
         return self.replayer.framed(request.messages)
+
+    def _looked_up(
+        self, messages: list[Message], history: bytes = b"", sent: replay.Sent = replay.Sent()
+    ) -> tuple[int, Record, int | None, int]:
+        """The offset and record of request messages after ``history``, or with ``--misses synthesize`` a
+        record drawn for them; the prompt tokens they hold beyond a drawn record's (None for a record of
+        their own); and the prompt tokens they sent beyond the record's, to give ``choose``."""
+        try:
+            (offset, record), drawn = self.replayer.locate(messages, history, sent), None
+        except replay.Unrecorded as miss:
+            offset, record, drawn = self.replayer.stand_in(messages, miss)
+        # The key left the request's system messages out, but its prompt holds them: count what was sent.
+        extra = drawn if drawn is not None else self.replayer.system_tokens(messages) if self.settings.ignore_system else 0
+        return offset, record, drawn, extra
 
     def _whole_answer(self, request: ChatCompletionRequest) -> bool:
         """Whether the reply is one whole answer, not streamed, with a random id: most requests. They take
@@ -238,11 +247,7 @@ class Service:
         """A Responses API hit: the answer to its input, after the history of its ``previous_response_id``;
         ``cached`` tells how much of its prompt the prompt cache holds."""
         prompt = responses.prompt(request, self.response_ids)
-        try:
-            (offset, record), drawn = self.replayer.locate(prompt.messages, prompt.framed_history, prompt.sent), None
-        except replay.Unrecorded as miss:
-            offset, record, drawn = self.replayer.stand_in(prompt.messages, miss)
-        sent = drawn if drawn is not None else self.replayer.system_tokens(prompt.messages) if self.settings.ignore_system else 0
+        offset, record, drawn, sent = self._looked_up(prompt.messages, prompt.framed_history, prompt.sent)
         cut = replay.cut(self.replayer.choose(record, 1, None, sent)[0], request.max_output_tokens, None)
         unique, created, headers = self._identity("", request, [cut], drawn=drawn)
         kept = cut.completion_tokens if cut.finish_reason == "length" else 0
@@ -262,11 +267,7 @@ class Service:
     def messages(self, request: CreateMessage) -> Reply:
         """An Anthropic Messages API hit: the answer to its messages, after its system prompt."""
         asked = prompt(request)
-        try:
-            record, drawn = self.replayer.find(asked.messages, asked.sent), None
-        except replay.Unrecorded as miss:
-            _, record, drawn = self.replayer.stand_in(asked.messages, miss)
-        sent = drawn if drawn is not None else self.replayer.system_tokens(asked.messages) if self.settings.ignore_system else 0
+        _, record, drawn, sent = self._looked_up(asked.messages, sent=asked.sent)
         answer = self.replayer.choose(record, 1, None, sent)[0]
         # max_tokens is required: one the whole answer fits in cuts nothing, and need not be counted out.
         limit = None if request.max_tokens >= answer.completion_tokens else request.max_tokens
